@@ -1,0 +1,1 @@
+"""Plugin experiments: one file per experiment, each registered under the `oversight.experiments` entry points."""

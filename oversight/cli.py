@@ -1,0 +1,101 @@
+"""The `oversight` command: Hydra over the experiment registry.
+
+oversight experiment=sft seed=1 model=small       # one run, folder under runs/
+oversight -m experiment=sft seed=0,1               # a sweep, folders under multirun/
+oversight --list-experiments                       # what is installed
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from oversight.config import Config, register_configs
+from oversight.registry import Experiment, RunContext, available_experiments, get_experiment
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class ConfigError(ValueError):
+    """A config that composes but is wrong: unknown experiment, bad experiment option, bad value."""
+
+
+def validate(cfg: DictConfig) -> tuple[Config, Experiment, object]:
+    """Typed config, the experiment, and its options, or a `ConfigError` naming the offending key."""
+    name = cfg.experiment.get("name")
+    if name is None or OmegaConf.is_missing(cfg.experiment, "name"):
+        raise ConfigError("no experiment chosen: pass experiment=NAME (oversight --list-experiments)")
+    try:
+        experiment = get_experiment(name)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    given = {k: v for k, v in cfg.experiment.items() if k != "name"}
+    try:
+        options_node = OmegaConf.merge(OmegaConf.structured(experiment.options), given)
+        options = OmegaConf.to_object(options_node)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", "?")
+        raise ConfigError(f"experiment.{key}: {e.msg if hasattr(e, 'msg') else e}") from None
+    try:
+        typed: Config = OmegaConf.to_object(cfg)
+    except (OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    return typed, experiment, options
+
+
+def run_from_config(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> None:
+    """Run one job: validate, record the config and provenance, open the tracker, run, finish cleanly."""
+    import jax
+
+    from oversight.parallel import initialize_distributed, make_mesh
+    from oversight.tracking import open_tracker, write_run_info
+    from oversight.training.checkpoint import latest_checkpoint_step
+
+    typed, experiment, options = validate(cfg)
+    initialize_distributed(typed.mesh)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_info(run_dir, typed.seed)
+    tracker = open_tracker(
+        typed.tracker,
+        run_dir,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        name=run_dir.name,
+        group=group or experiment.name,
+        job_type=experiment.name,
+        tags=[experiment.name, *typed.tracker.tags],
+        resume_step=latest_checkpoint_step(run_dir / "checkpoints"),
+    )
+    try:
+        experiment.run(RunContext(typed, options, run_dir, tracker, make_mesh(typed.mesh)))
+    finally:
+        tracker.finish()
+        jax.clear_caches()  # multirun jobs share the process: leave no compiled programs for the next
+
+
+def _hydra_job(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
+    group = f"{cfg.experiment.name}/{Path(hc.sweep.dir).name}" if multirun else None
+    try:
+        run_from_config(cfg, Path(hc.runtime.output_dir), group=group)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+
+def main() -> None:
+    if "--list-experiments" in sys.argv[1:]:
+        for name, exp in sorted(available_experiments().items()):
+            print(f"{name:20s} {exp.description}")
+        return
+    register_configs()
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_hydra_job)()
+
+
+if __name__ == "__main__":
+    main()

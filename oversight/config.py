@@ -1,0 +1,52 @@
+"""The configuration schema: one dataclass per layer, composed here and registered with Hydra.
+
+YAML files under `conf/` are validated against these dataclasses, so a misspelt key or a wrong type fails at
+compose time with the key's full name. Experiment options (`experiment.*`) are validated against the
+plugin's own dataclass when the run starts (see `oversight.registry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from oversight.models.config import ModelConfig
+from oversight.parallel.mesh import MeshConfig
+from oversight.tracking import TrackerConfig
+from oversight.training.loop import TrainConfig
+
+
+@dataclass
+class TaskConfig:
+    # Built-in task name (`oversight.tasks.available_tasks()`).
+    name: str = "arithmetic"
+    # Difficulty knob (steps, digits, items, function length… depending on the task).
+    difficulty: int = 1
+    # Problems sampled for training.
+    num_train: int = 2000
+    # Held-out problems for evaluation (sampled with a different seed; prompts seen in training removed).
+    num_eval: int = 128
+    # Task-specific constructor options (see docs/tasks.md).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    # `name` picks the registered experiment; the other keys are its options, checked against its schema.
+    experiment: dict[str, Any] = field(default_factory=lambda: {"name": MISSING})
+    # Seed of everything random in the run (data, initialisation, sampling).
+    seed: int = 0
+    # "char" (built-in character tokenizer) or a local Hugging Face tokenizer folder.
+    tokenizer: str = "char"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)

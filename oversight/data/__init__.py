@@ -1,0 +1,1 @@
+"""Tokenizers and batching shared by every stage."""

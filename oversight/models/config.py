@@ -1,0 +1,83 @@
+"""Model hyperparameters: one dataclass for both families (GPT-2 and Llama)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FAMILIES = ("gpt2", "llama")
+
+
+# Hashable: the model keeps its config as static data, which jit hashes. Do not mutate after construction.
+@dataclass(unsafe_hash=True)
+class ModelConfig:
+    # "gpt2": learned positions, LayerNorm, GELU MLP, biases; "llama": RoPE, RMSNorm, SwiGLU, no MLP biases.
+    family: str = "gpt2"
+    # Embedding rows; at least the tokenizer's vocabulary (checked when a run starts; HF models often pad it).
+    vocab_size: int = 101
+    # Residual stream width D.
+    d_model: int = 128
+    # Number of transformer blocks.
+    n_layers: int = 2
+    # Query heads H.
+    n_heads: int = 4
+    # Key/value heads K (grouped-query attention when K < H); null = H.
+    n_kv_heads: int | None = None
+    # Per-head width; null = d_model / n_heads.
+    head_dim: int | None = None
+    # MLP hidden width F; null = 4 * d_model.
+    d_ff: int | None = None
+    # Longest sequence (prompt + response) the model accepts; also the learned-position table size.
+    max_seq_len: int = 256
+    # Epsilon of LayerNorm / RMSNorm.
+    norm_eps: float = 1e-5
+    # RoPE base frequency (Llama family only).
+    rope_theta: float = 10000.0
+    # Share the input embedding with the LM head.
+    tie_embeddings: bool = True
+    # Biases on the q/k/v projections in the Llama family (Qwen2 has them). GPT-2 always has biases.
+    attention_bias: bool = False
+    # Dtype of activations and matmuls ("float32", "bfloat16"); parameters and losses stay float32.
+    dtype: str = "float32"
+    # Scalar heads on the trunk, by name (e.g. ["reward"], ["value"], ["discriminator"]).
+    scalar_heads: list[str] = field(default_factory=list)
+    # Standard deviation of the normal initialiser.
+    init_std: float = 0.02
+    # Local Hugging Face checkpoint folder to import; its config.json replaces the architecture fields above.
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family={self.family!r} is not one of {FAMILIES}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            self.head_dim = self.d_model // self.n_heads
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"model.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        self.scalar_heads = tuple(self.scalar_heads)
+
+    def num_params(self) -> int:
+        """Parameter count, embeddings included (what 6 * N * tokens FLOP estimates use)."""
+        d, f, h, k, hd, v = (
+            self.d_model,
+            self.d_ff,
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+            self.vocab_size,
+        )
+        attn = d * hd * (h + 2 * k) + h * hd * d
+        if self.family == "gpt2":
+            block = attn + hd * (h + 2 * k) + d + 2 * d * f + f + d + 4 * d
+            extra = self.max_seq_len * d + 2 * d
+        else:
+            block = attn + (hd * (h + 2 * k) if self.attention_bias else 0) + 3 * d * f + 2 * d
+            extra = d
+        lm_head = 0 if self.tie_embeddings else d * v
+        return v * d + self.n_layers * block + extra + lm_head + len(self.scalar_heads) * (d + 1)

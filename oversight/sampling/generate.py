@@ -1,0 +1,184 @@
+"""jit-compiled batched generation with the KV cache.
+
+Prompts are left-padded so that every row's last prompt token sits in the same cache slot; the decode loop
+then writes one slot per step for the whole batch. Position ids come from the attention mask, so a padded
+row sees exactly the positions it would see alone. Shapes are bucketed (batch and prompt length rounded up
+to a fixed set), so a loop over prompts of varying length compiles a bounded number of programs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from oversight.models.transformer import KVCache, Transformer, positions_from_mask
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    # Tokens generated after the prompt (the loop always runs this many steps; rows stop at a stop token).
+    max_new_tokens: int = 64
+    # Softmax temperature; 0 = greedy.
+    temperature: float = 1.0
+    # Keep only the k most likely tokens; 0 = off.
+    top_k: int = 0
+    # Keep the smallest set of tokens whose probability reaches p; 1.0 = off.
+    top_p: float = 1.0
+
+
+class SampleOutput(NamedTuple):
+    tokens: jax.Array  # (B, N) generated tokens; pad after a row's stop token
+    logprobs: jax.Array  # (B, N) float32 log π(token) at temperature (1 when greedy), unfiltered distribution
+    mask: jax.Array  # (B, N) 1 for generated tokens up to and including the stop token
+
+
+def _filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Top-k then top-p (nucleus) filtering; filtered tokens get -inf. logits (B, V) float32."""
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1)
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V) descending
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # Keep a token if the mass strictly before it is < p (the most likely token is always kept).
+        keep_sorted = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < top_p
+        cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # (B, 1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def _sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """One token per row and its log-probability under the (unfiltered) temperature-scaled distribution."""
+    if cfg.temperature == 0.0:
+        token = jnp.argmax(logits, axis=-1)
+        scaled = logits
+    else:
+        scaled = logits / cfg.temperature
+        token = jax.random.categorical(key, _filter_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
+    logprob = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
+    return token.astype(jnp.int32), logprob
+
+
+def generate(
+    model: Transformer,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    cfg: SamplingConfig,
+    stop_tokens: tuple[int, ...],
+    pad_id: int = 0,
+) -> SampleOutput:
+    """Sample `cfg.max_new_tokens` tokens after left-padded `prompt` (B, P) with `prompt_mask` (B, P).
+
+    Pure function of its inputs: call it under jit (see `Sampler`), never in a Python loop of its own.
+    """
+    b, p = prompt.shape
+    n = cfg.max_new_tokens
+    if p + n > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt length {p} + max_new_tokens {n} exceeds the model's max_seq_len {model.config.max_seq_len}"
+        )
+    cache = KVCache.zeros(model.config, b, p + n)
+    kv_mask = jnp.concatenate(
+        [prompt_mask.astype(jnp.int32), jnp.zeros((b, n), jnp.int32)], axis=1
+    )  # (B, P+N)
+    positions = positions_from_mask(prompt_mask)  # (B, P)
+    hidden, cache = model(prompt, positions, kv_mask, cache, 0)
+    logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V)
+    stops = jnp.asarray(stop_tokens, jnp.int32)
+
+    def step(carry, xs):
+        logits, cache, kv_mask, pos, done = carry
+        t, step_key = xs
+        token, logprob = _sample_token(logits, step_key, cfg)
+        live = ~done
+        token = jnp.where(live, token, pad_id)
+        done = done | jnp.isin(token, stops)
+        kv_mask = jax.lax.dynamic_update_slice(kv_mask, live.astype(jnp.int32)[:, None], (0, p + t))
+        hidden, cache = model(token[:, None], pos[:, None], kv_mask, cache, p + t)
+        new_logits = model.logits(hidden)[:, 0]
+        return (new_logits, cache, kv_mask, pos + 1, done), (token, jnp.where(live, logprob, 0.0), live)
+
+    start_pos = positions[:, -1] + 1
+    init = (logits, cache, kv_mask, start_pos, jnp.zeros((b,), bool))
+    _, (tokens, logprobs, live) = jax.lax.scan(step, init, (jnp.arange(n), jax.random.split(key, n)))
+    return SampleOutput(tokens.T, logprobs.T, live.T.astype(jnp.int32))
+
+
+def left_pad(seqs: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists to `length`: tokens (B, length) int32 and mask (B, length) int32."""
+    tokens = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        if len(s) > length:
+            raise ValueError(f"prompt {i} has {len(s)} tokens, longer than the bucket of {length}")
+        if s:
+            tokens[i, length - len(s) :] = s
+            mask[i, length - len(s) :] = 1
+    return tokens, mask
+
+
+def _bucket(n: int, buckets: tuple[int, ...]) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+
+
+class Sampler:
+    """Generation for a model: one compiled program per (batch bucket, prompt bucket).
+
+    `sample` pads the batch and prompt length up to the next bucket, so arbitrary prompt lists reuse a
+    bounded set of programs; `num_compiled` reports how many exist.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        cfg: SamplingConfig,
+        stop_tokens: tuple[int, ...],
+        pad_id: int,
+        batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256),
+        prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048),
+    ):
+        self.graphdef, self.state = nnx.split(model)
+        self.max_seq_len = model.config.max_seq_len
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.batch_buckets, self.prompt_buckets = batch_buckets, prompt_buckets
+
+        @jax.jit
+        def run(state, prompt, prompt_mask, key):
+            m = nnx.merge(self.graphdef, state)
+            return generate(m, prompt, prompt_mask, key, cfg, tuple(stop_tokens), pad_id)
+
+        self._run = run
+
+    def update(self, model: Transformer) -> None:
+        """Use the model's current weights (e.g. after a training step); compiled programs are kept."""
+        self.state = nnx.state(model)
+
+    @property
+    def num_compiled(self) -> int:
+        return self._run._cache_size()
+
+    def sample(self, prompts: list[list[int]], key: jax.Array) -> SampleOutput:
+        """Generate for token lists of any lengths; returns arrays for exactly `len(prompts)` rows."""
+        n = len(prompts)
+        longest = max(len(p) for p in prompts)
+        if longest + self.cfg.max_new_tokens > self.max_seq_len:
+            raise ValueError(
+                f"a prompt has {longest} tokens; with max_new_tokens={self.cfg.max_new_tokens} that exceeds the "
+                f"model's max_seq_len {self.max_seq_len}"
+            )
+        length = min(_bucket(longest, self.prompt_buckets), self.max_seq_len - self.cfg.max_new_tokens)
+        rows = _bucket(n, self.batch_buckets) if n <= self.batch_buckets[-1] else n
+        padded = list(prompts) + [[self.pad_id]] * (rows - n)
+        tokens, mask = left_pad(padded, length, self.pad_id)
+        out = self._run(self.state, jnp.asarray(tokens), jnp.asarray(mask), key)
+        return SampleOutput(*(x[:n] for x in out))

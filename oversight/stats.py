@@ -1,0 +1,52 @@
+"""Confidence intervals for every reported number: Wilson for proportions, percentile bootstrap otherwise."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+Z95 = 1.959963984540054  # standard normal 97.5% quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (well behaved at 0 and n, unlike the normal one)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_interval(
+    data: np.ndarray,
+    statistic: Callable[[np.ndarray], float],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over rows of `data` (resampled with replacement)."""
+    data = np.asarray(data)
+    if len(data) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data), size=(n_resamples, len(data)))
+    stats = np.array([statistic(data[i]) for i in idx])
+    alpha = (1 - level) / 2
+    return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)))
+
+
+def proportion_row(metric: str, successes: int, n: int, **extra) -> dict:
+    """A results-table row for a proportion: point estimate, Wilson 95% interval, n."""
+    lo, hi = wilson_interval(successes, n)
+    return {
+        "metric": metric,
+        "value": successes / n if n else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": n,
+        **extra,
+    }

@@ -1,0 +1,1 @@
+"""Losses, jitted steps and the shared training loop (evaluation, checkpoints, NaN guard, tracking)."""

@@ -1,0 +1,65 @@
+"""Orbax checkpoints of a training state: asynchronous, keep-last-N, restored straight into its shardings.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a run killed mid-save
+leaves the previous checkpoint intact, and a half-written one is never mistaken for a good one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, keep: int = 2):
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=True, create=True
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Start saving `state` (a pytree of arrays) and JSON `meta` at `step`; returns before the write ends."""
+        self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore into `abstract_state` (jax.ShapeDtypeStruct leaves with shardings)."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], restored["meta"]
+
+    def wait(self) -> None:
+        """Block until pending saves are on disk; call before exit or the last checkpoint is lost."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) matching a pytree of arrays: the target for `restore`."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def latest_checkpoint_step(directory: Path) -> int | None:
+    """Newest complete checkpoint step under `directory` (Orbax's temporary folders are not complete)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(steps) if steps else None

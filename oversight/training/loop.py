@@ -1,0 +1,185 @@
+"""The training loop every stage shares: jitted step, evaluation, Orbax checkpoints, resume, NaN guard.
+
+State is an NNX state of (model, optimizer), split from its graph once; the step is a pure function of
+(state, batch) jitted with explicit shardings and the state donated, so one program runs every step.
+Batches are a pure function of the step number, so a resumed run sees exactly the batches an uninterrupted
+run would and ends bit-identical to it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from oversight.models import ModelConfig, make_model
+from oversight.parallel import (
+    batch_sharding,
+    init_sharded,
+    load_checkpoint_sharded,
+    shard_batch,
+    state_shardings,
+)
+from oversight.training.checkpoint import Checkpointer, abstract_like
+
+
+@dataclass
+class TrainConfig:
+    # Optimizer steps.
+    steps: int = 300
+    # Sequences per step (global, across all devices).
+    batch_size: int = 32
+    # Peak learning rate (after linear warm-up; cosine decay to 10% of it at the last step).
+    learning_rate: float = 3e-3
+    # Linear warm-up steps.
+    warmup_steps: int = 20
+    # AdamW decoupled weight decay (matrices only; biases, norms and embeddings of rank < 2 are exempt).
+    weight_decay: float = 0.01
+    # Adam betas.
+    b1: float = 0.9
+    b2: float = 0.99
+    # Clip the global gradient norm to this; 0 = off.
+    grad_clip: float = 1.0
+    # Log training metrics every N steps.
+    log_every: int = 10
+    # Evaluate every N steps (and after the last step); 0 = only after the last step.
+    eval_every: int = 100
+    # Save a checkpoint every N steps (and after the last step).
+    checkpoint_every: int = 100
+    # Checkpoints kept on disk (the newest ones).
+    keep_checkpoints: int = 2
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient norm became NaN/Inf; the message names the step and the checkpoint kept."""
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0,
+        cfg.learning_rate,
+        max(cfg.warmup_steps, 1),
+        max(cfg.steps, cfg.warmup_steps + 1),
+        end_value=0.1 * cfg.learning_rate,
+    )
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw
+
+
+def init_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, mesh, rules):
+    """(graphdef, state, shardings) of (model, optimizer), built directly in their shardings.
+
+    Weights come from `model_cfg.checkpoint` (a Hugging Face folder) when it is set, else a fresh init.
+    """
+
+    def make():
+        model = make_model(model_cfg, seed)
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    if not model_cfg.checkpoint:
+        return init_sharded(make, mesh, rules)
+    model = load_checkpoint_sharded(
+        model_cfg.checkpoint,
+        mesh,
+        rules,
+        dtype=model_cfg.dtype,
+        scalar_heads=model_cfg.scalar_heads,
+        seed=seed,
+        checkpoint=model_cfg.checkpoint,
+    )
+    model_graphdef, model_state = nnx.split(model)
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    shardings = state_shardings(abstract, mesh, rules)
+
+    def with_optimizer(model_state):
+        m = nnx.merge(model_graphdef, model_state)
+        return nnx.split((m, nnx.Optimizer(m, tx, wrt=nnx.Param)))[1]
+
+    return graphdef, jax.jit(with_optimizer, out_shardings=shardings)(model_state), shardings
+
+
+LossFn = Callable[[nnx.Module, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def make_train_step(graphdef, loss_fn: LossFn, state_shardings, mesh, rules):
+    """One jitted optimizer step: (state, batch) -> (state, metrics). `loss_fn(model, batch) -> (loss, aux)`."""
+
+    def step(state, batch):
+        model, optimizer = nnx.merge(graphdef, state)
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
+        optimizer.update(model, grads)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        return nnx.state((model, optimizer)), metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding(mesh, rules)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+
+
+def train_loop(
+    *,
+    state: Any,
+    step_fn: Callable,
+    batch_fn: Callable[[int], dict[str, np.ndarray]],
+    cfg: TrainConfig,
+    tracker,
+    checkpointer: Checkpointer,
+    mesh,
+    rules: dict[str, list[str]],
+    eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
+    desc: str = "train",
+) -> Any:
+    """Run `cfg.steps` steps from the latest checkpoint (or from `state`); returns the final state.
+
+    `batch_fn(step)` gives the host batch of 0-based step `step`; metrics are logged at 1-based step numbers
+    (the number of optimizer updates done), which are also the checkpoint numbers.
+    """
+    start = checkpointer.latest_step() or 0
+    if start:
+        state, _ = checkpointer.restore(start, abstract_like(state))
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start, cfg.steps):
+        done = step + 1
+        state, metrics = step_fn(state, shard_batch(batch_fn(step), mesh, rules))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+            checkpointer.wait()
+            kept = checkpointer.latest_step()
+            raise NonFiniteError(
+                f"{desc}: non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at step "
+                f"{done}; stopped. Last good checkpoint: "
+                + (
+                    f"step {kept} in {checkpointer.directory}"
+                    if kept
+                    else "none (no checkpoint was saved yet)"
+                )
+            )
+        window_steps += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - window_start
+            logged = {f"train/{k}": v for k, v in metrics.items()}
+            logged["perf/steps_per_sec"] = window_steps / elapsed
+            tracker.log(logged, step=done)
+            window_start, window_steps = time.perf_counter(), 0
+        if eval_fn is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+            tracker.log(eval_fn(state, done), step=done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            checkpointer.save(done, state, {"step": done})
+    bar.close()
+    checkpointer.wait()
+    return state

@@ -1,0 +1,149 @@
+"""The KV-cache sampler against recomputing the full forward pass, and its sampling options."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from oversight.models import ModelConfig, Transformer, positions_from_mask
+from oversight.sampling import Sampler, SamplingConfig, left_pad
+
+FAMILIES = {
+    "gpt2": ModelConfig(family="gpt2", vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64),
+    "llama": ModelConfig(
+        family="llama",
+        vocab_size=64,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=64,
+        max_seq_len=64,
+        tie_embeddings=False,
+        rope_theta=500.0,
+    ),
+}
+PROMPTS = [[1, 5, 6, 7, 9], [1, 9], [1, 3, 4, 5, 6, 7, 8, 10, 11], [1, 20, 21]]
+
+
+def _model(cfg):
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    # Larger weights than the 0.02 init so that greedy choices are far from ties and actually vary.
+    state = nnx.state(model, nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
+    nnx.update(model, jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape), state))
+    return model
+
+
+@nnx.jit(static_argnames="temperature")
+def _full_forward(model, tokens, mask, temperature=1.0):
+    """Log-probs (B, T, V) from one plain forward pass over right-padded rows (no cache)."""
+    hidden, _ = model(tokens, positions_from_mask(mask), mask)
+    return jax.nn.log_softmax(model.logits(hidden) / temperature, axis=-1)
+
+
+def _full_forward_logprobs(model, seq, temperature=1.0):
+    """Log-probs (len(seq), V) of one sequence, padded to the model's context so one program serves all."""
+    length = model.config.max_seq_len
+    tokens = np.zeros((1, length), np.int32)
+    tokens[0, : len(seq)] = seq
+    mask = (np.arange(length) < len(seq)).astype(np.int32)[None]
+    return _full_forward(model, jnp.asarray(tokens), jnp.asarray(mask), temperature)[0, : len(seq)]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_greedy_kv_cache_decoding_equals_full_recompute(family):
+    model = _model(FAMILIES[family])
+    n = 12
+    out = Sampler(
+        model, SamplingConfig(max_new_tokens=n, temperature=0.0), stop_tokens=(63,), pad_id=0
+    ).sample(PROMPTS, jax.random.key(0))
+    for i, prompt in enumerate(PROMPTS):
+        seq = list(prompt)
+        for t in range(n):
+            logp = _full_forward_logprobs(model, seq)[-1]
+            token = int(jnp.argmax(logp))
+            assert int(out.tokens[i, t]) == token, f"row {i} step {t}"
+            np.testing.assert_allclose(float(out.logprobs[i, t]), float(logp[token]), atol=1e-5)
+            seq.append(token)
+    assert len({tuple(np.asarray(r)) for r in out.tokens}) > 1, "degenerate model: all rows identical"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_sampled_logprobs_equal_fresh_forward_pass(family):
+    model = _model(FAMILIES[family])
+    temperature = 0.7
+    out = Sampler(
+        model, SamplingConfig(max_new_tokens=10, temperature=temperature), stop_tokens=(), pad_id=0
+    ).sample(PROMPTS, jax.random.key(3))
+    for i, prompt in enumerate(PROMPTS):
+        gen = [int(t) for t in out.tokens[i]]
+        logp = _full_forward_logprobs(model, prompt + gen, temperature)
+        expected = [float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(gen)]
+        np.testing.assert_allclose(np.asarray(out.logprobs[i]), expected, atol=1e-5)
+
+
+def test_left_padding_does_not_change_a_rows_output():
+    model = _model(FAMILIES["llama"])
+    sampler = Sampler(model, SamplingConfig(max_new_tokens=8, temperature=0.0), stop_tokens=(), pad_id=0)
+    alone = sampler.sample([PROMPTS[1]], jax.random.key(0))
+    batched = sampler.sample(PROMPTS, jax.random.key(0))
+    np.testing.assert_array_equal(alone.tokens[0], batched.tokens[1])
+    np.testing.assert_allclose(alone.logprobs[0], batched.logprobs[1], atol=1e-5)
+
+
+def test_stop_token_ends_a_row_and_masks_the_rest():
+    model = _model(FAMILIES["gpt2"])
+    greedy = Sampler(model, SamplingConfig(max_new_tokens=12, temperature=0.0), stop_tokens=(), pad_id=0)
+    free = greedy.sample(PROMPTS, jax.random.key(0))
+    stop = int(free.tokens[0, 3])  # row 0 produces this token at step 3 (or earlier)
+    first = int(np.argmax(np.asarray(free.tokens[0]) == stop))
+    out = Sampler(
+        model, SamplingConfig(max_new_tokens=12, temperature=0.0), stop_tokens=(stop,), pad_id=0
+    ).sample(PROMPTS, jax.random.key(0))
+    np.testing.assert_array_equal(out.mask[0], [1] * (first + 1) + [0] * (11 - first))
+    assert int(out.tokens[0, first]) == stop
+    assert np.all(np.asarray(out.tokens[0, first + 1 :]) == 0)
+    assert np.all(np.asarray(out.logprobs[0, first + 1 :]) == 0.0)
+
+
+def test_top_k_one_is_greedy_and_top_p_restricts_support():
+    model = _model(FAMILIES["gpt2"])
+    greedy = Sampler(model, SamplingConfig(max_new_tokens=6, temperature=0.0), stop_tokens=(), pad_id=0)
+    top1 = Sampler(
+        model, SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=1), stop_tokens=(), pad_id=0
+    )
+    np.testing.assert_array_equal(
+        greedy.sample(PROMPTS, jax.random.key(0)).tokens, top1.sample(PROMPTS, jax.random.key(5)).tokens
+    )
+    # With a tiny nucleus only the most likely token survives: again greedy.
+    nucleus = Sampler(
+        model, SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=1e-6), stop_tokens=(), pad_id=0
+    )
+    np.testing.assert_array_equal(
+        greedy.sample(PROMPTS, jax.random.key(0)).tokens, nucleus.sample(PROMPTS, jax.random.key(9)).tokens
+    )
+
+
+def test_prompt_buckets_bound_the_number_of_compiled_programs():
+    model = _model(FAMILIES["gpt2"])
+    sampler = Sampler(model, SamplingConfig(max_new_tokens=4, temperature=1.0), stop_tokens=(), pad_id=0)
+    rng = np.random.default_rng(0)
+    for i in range(12):  # prompt lengths 1..15 and batch sizes 2..8 all fall in one bucket each
+        prompts = [list(rng.integers(1, 60, size=rng.integers(1, 16))) for _ in range(rng.integers(2, 9))]
+        sampler.sample(prompts, jax.random.key(i))
+    assert sampler.num_compiled == 1
+
+
+def test_prompt_longer_than_context_is_a_clear_error():
+    model = _model(FAMILIES["gpt2"])
+    sampler = Sampler(model, SamplingConfig(max_new_tokens=8), stop_tokens=(), pad_id=0)
+    with pytest.raises(ValueError, match="max_seq_len 64"):
+        sampler.sample([[1] * 60], jax.random.key(0))
+
+
+def test_left_pad_layout():
+    tokens, mask = left_pad([[5, 6], [7]], 4, pad_id=0)
+    np.testing.assert_array_equal(tokens, [[0, 0, 5, 6], [0, 0, 0, 7]])
+    np.testing.assert_array_equal(mask, [[0, 0, 1, 1], [0, 0, 0, 1]])
