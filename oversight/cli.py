@@ -7,6 +7,7 @@ oversight --list-experiments                       # what is installed
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def run_from_config(cfg: DictConfig, run_dir: Path, *, group: str | None = None)
     from oversight.training.checkpoint import latest_checkpoint_step
 
     typed, experiment, options = validate(cfg)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
     initialize_distributed(typed.mesh)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

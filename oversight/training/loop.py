@@ -117,7 +117,7 @@ def make_train_step(graphdef, loss_fn: LossFn, state_shardings, mesh, rules):
         model, optimizer = nnx.merge(graphdef, state)
         (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
         optimizer.update(model, grads)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return nnx.state((model, optimizer)), metrics
 
     return jax.jit(

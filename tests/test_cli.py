@@ -1,0 +1,169 @@
+"""End to end through the `oversight` command, as a user runs it: run folders, kill-and-resume, sweeps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from nbclient import NotebookClient
+
+import oversight
+
+REPO = Path(oversight.__file__).resolve().parents[1]
+# A small but real SFT run: tiny model, a few dozen steps.
+SMALL = [
+    "experiment=sft",
+    "task.num_train=256",
+    "task.num_eval=16",
+    "experiment.eval_samples=8",
+    "experiment.max_new_tokens=48",
+    "train.batch_size=16",
+    "train.log_every=2",
+    "train.eval_every=10",
+    "model.d_model=64",
+    "model.n_layers=1",
+]
+
+
+def _env():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one CPU device, as on a user's laptop (conftest forces 8 for the sharding tests)
+    env["WANDB_MODE"] = "offline"
+    env["WANDB_SILENT"] = "true"
+    return env
+
+
+def _command(*args):
+    flags = [a for a in args if a.startswith("-")]  # argparse wants flags before the overrides
+    return [sys.executable, "-m", "oversight.cli", *flags, *SMALL, *(a for a in args if a not in flags)]
+
+
+def _run(*args, timeout=300):
+    proc = subprocess.run(
+        _command(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time" and not k.startswith("perf/")} for r in rows]
+
+
+def _final_state(run_dir: Path, step: int):
+    return ocp.StandardCheckpointer().restore((run_dir / "checkpoints" / str(step) / "state").absolute())
+
+
+def test_a_run_writes_a_complete_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    _run("train.steps=6", "tracker=offline", f"hydra.run.dir={run_dir}")
+    for name in ("config.yaml", "metrics.jsonl", "results.jsonl", "run_info.json", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "6").is_dir()
+    assert list((run_dir / "wandb").glob("offline-run-*")), "no W&B offline run"
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["seed"] == 0 and info["packages"]["jax"]
+    results = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    accuracy = next(r for r in results if r["metric"] == "sft/gold_accuracy")
+    assert accuracy["n"] == 8 and accuracy["ci_low"] <= accuracy["value"] <= accuracy["ci_high"]
+    steps = [r["step"] for r in _metrics(run_dir) if "train/loss" in r]
+    assert steps == [2, 4, 6]
+
+
+def test_killed_run_resumes_to_bit_identical_parameters_and_metrics(tmp_path):
+    args = ["train.steps=40", "train.checkpoint_every=10", "tracker=disabled"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(*args, f"hydra.run.dir={whole}")
+
+    proc = subprocess.Popen(
+        _command(*args, f"hydra.run.dir={killed}"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "10").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "checkpoints" / "40").exists(), "the run finished before it was killed"
+
+    _run(*args, f"hydra.run.dir={killed}")
+    assert _metrics(killed) == _metrics(whole)
+    a, b = _final_state(whole, 40), _final_state(killed, 40)
+    leaves_a, leaves_b = jax_leaves(a), jax_leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_sweep_over_two_seeds_writes_two_runs_the_notebook_reads(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    _run("-m", "seed=0,1", "train.steps=4", "tracker=offline", f"hydra.sweep.dir={sweep}")
+    runs = sorted(p.parent.name for p in sweep.glob("*/metrics.jsonl"))
+    assert runs == ["0", "1"]
+    # Each job finished its own W&B run: one offline run folder per job, none shared.
+    assert all(len(list((sweep / r / "wandb").glob("offline-run-*"))) == 1 for r in runs)
+
+    monkeypatch.setenv("OVERSIGHT_RUNS", str(sweep))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    nb = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "print(sorted(metrics['run'].unique()), sorted(configs['seed'].astype(int).tolist()))"
+        )
+    )
+    NotebookClient(
+        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    assert printed.strip() == "['0', '1'] [0, 1]"
+
+
+def test_unknown_key_on_the_command_line_fails_naming_it():
+    proc = subprocess.run(
+        [sys.executable, "-m", "oversight.cli", "train.stpes=3"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "stpes" in proc.stderr
+
+
+def test_list_experiments():
+    proc = subprocess.run(
+        [sys.executable, "-m", "oversight.cli", "--list-experiments"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("sft")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_runs_in_the_repo():
+    before = set(REPO.glob("runs/*")) | set(REPO.glob("multirun/*"))
+    yield
+    assert set(REPO.glob("runs/*")) | set(REPO.glob("multirun/*")) == before

@@ -1,0 +1,73 @@
+"""Every shipped config composes and validates; mistakes fail with the offending key's name."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from oversight.cli import CONF_DIR, ConfigError, validate
+from oversight.config import register_configs
+
+GROUPS = ["model", "task", "train", "mesh", "tracker", "experiment"]
+# Options a config needs from the command line (they are `???` in the file on purpose).
+REQUIRED = {("model", "hf"): ["model.checkpoint=/some/hf/folder"]}
+
+
+def _compose(overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+SHIPPED = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, name", SHIPPED, ids=[f"{g}={n}" for g, n in SHIPPED])
+def test_every_shipped_config_composes_and_validates(group, name):
+    cfg = _compose([f"{group}={name}", *REQUIRED.get((group, name), [])])
+    typed, experiment, _ = validate(cfg)
+    assert experiment.name == typed.experiment["name"]
+
+
+def test_experiment_files_are_global_packages():
+    for path in (Path(CONF_DIR) / "experiment").glob("*.yaml"):
+        assert path.read_text().startswith("# @package _global_"), path
+
+
+def test_misspelt_key_names_the_key():
+    with pytest.raises((ConfigCompositionException, HydraException)) as err:
+        _compose(["model.d_modle=64"])
+    assert "d_modle" in str(err.value) + str(err.value.__cause__)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises((ConfigCompositionException, HydraException)) as err:
+        _compose(["train.steps=lots"])
+    assert "train.steps" in str(err.value) + str(err.value.__cause__)
+
+
+def test_misspelt_experiment_option_names_the_key():
+    try:
+        cfg = _compose(["+experiment.eval_sampels=3"])
+    except (ConfigCompositionException, HydraException, OmegaConfBaseException) as e:
+        assert "eval_sampels" in str(e) + str(e.__cause__)
+        return
+    with pytest.raises(ConfigError, match="experiment.eval_sampels"):
+        validate(cfg)
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown experiment 'nope'; known experiments: .*sft"):
+        validate(_compose(["experiment.name=nope"]))
+    with pytest.raises((ConfigCompositionException, HydraException)) as err:
+        _compose(["experiment=nope"])
+    assert "sft" in str(err.value)
+
+
+def test_bad_value_in_a_schema_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="family"):
+        validate(_compose(["model.family=gpt5"]))
+    with pytest.raises(ConfigError, match="wandb_mode"):
+        validate(_compose(["tracker.wandb_mode=sometimes"]))
