@@ -13,8 +13,10 @@ def token_logprobs(model: Transformer, tokens: jax.Array, mask: jax.Array) -> ja
     """log π(tokens[:, t+1] | tokens[:, :t+1]) in float32, (B, T-1). Position ids follow the mask."""
     hidden, _ = model(tokens, positions_from_mask(mask), mask)
     logits = model.logits(hidden[:, :-1])  # (B, T-1, V)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    # The target's logit through a one-hot product, not a gather: its gradient is elementwise and fuses with
+    # the softmax's, where a gather's gradient is a scatter (about 15% of an SFT step on CPU).
+    one_hot = jax.nn.one_hot(tokens[:, 1:], logits.shape[-1], dtype=logits.dtype)
+    return jnp.sum(logits * one_hot, axis=-1) - jax.nn.logsumexp(logits, axis=-1)
 
 
 def sft_loss(model: Transformer, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -1,0 +1,235 @@
+"""Reward model: Bradley–Terry loss over K-way rankings, held-out metrics, and reward normalisation.
+
+InstructGPT trains on all C(K, 2) comparisons of one prompt as a single batch element: each of the K responses
+gets one forward pass, its scalar is read at its last real token, and the prompt's pairs share those K rewards.
+Weighting each prompt as one element (not each pair) keeps a response from being counted K - 1 times, which
+the paper found overfits.
+
+Shapes: B prompts, K responses per prompt (best first), T tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oversight.models.transformer import Transformer, positions_from_mask
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+    """Index of the last real token of each row, for right- or left-padded rows (0 for an empty row). (B,)"""
+    t = mask.shape[-1]
+    # argmax returns the first maximum: on the reversed mask, the last real position.
+    return (t - 1 - jnp.argmax(mask[..., ::-1].astype(bool), axis=-1)).astype(jnp.int32)
+
+
+def at_last_token(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x (B, T) read at each row's last real token. (B,)"""
+    return jnp.take_along_axis(x, last_token_index(mask)[:, None], axis=-1)[:, 0]
+
+
+def reward_scores(model: Transformer, tokens: jax.Array, mask: jax.Array, head: str = "reward") -> jax.Array:
+    """The scalar head at the last real token of each (prompt + response) row, float32 (B,).
+
+    Rows may be right-padded (`pack_rankings`) or left-padded (a sampler's prompt followed by its response);
+    position ids come from the mask either way.
+    """
+    hidden, _ = model(tokens, positions_from_mask(mask), mask)  # (B, T, D)
+    return at_last_token(model.scalar(hidden, head), mask)  # (B,)
+
+
+def pair_mask(valid: jax.Array, ranks: jax.Array | None = None) -> jax.Array:
+    """(B, K, K) bool: pair (i, j) is a comparison "i better than j" of one prompt.
+
+    Responses are ordered best first, so the comparisons are i < j with both responses real. With `ranks`
+    (B, K) (0 = best, non-decreasing along K), pairs of equal rank are ties and carry no preference: dropped.
+    """
+    k = valid.shape[-1]
+    valid = valid.astype(bool)
+    upper = jnp.arange(k)[:, None] < jnp.arange(k)[None, :]  # (K, K)
+    pairs = upper[None] & valid[:, :, None] & valid[:, None, :]  # (B, K, K)
+    if ranks is not None:
+        pairs = pairs & (ranks[:, :, None] < ranks[:, None, :])
+    return pairs
+
+
+def ranking_loss(
+    rewards: jax.Array,
+    valid: jax.Array,
+    ranks: jax.Array | None = None,
+    margin: float | jax.Array = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Bradley–Terry loss over K-way rankings, each prompt's pairs weighted as one batch element.
+
+    rewards (B, K) float, responses ordered best first; valid (B, K) marks real responses (a ranking of fewer
+    than K responses fills the tail with invalid ones); ranks (B, K) optional tie groups (see `pair_mask`);
+    margin broadcastable to (B, K, K), the required gap for pair (i better, j worse), as in Llama 2.
+
+    loss = mean over prompts with at least one pair of [ mean over its pairs of -log σ(r_i - r_j - margin) ].
+    """
+    rewards = rewards.astype(jnp.float32)
+    pairs = pair_mask(valid, ranks)  # (B, K, K)
+    diff = rewards[:, :, None] - rewards[:, None, :]  # (B, K, K) r_better - r_worse for i < j
+    pair_loss = -jax.nn.log_sigmoid(diff - margin)  # (B, K, K)
+    weight = pairs.astype(jnp.float32)
+    n_pairs = weight.sum(axis=(1, 2))  # (B,)
+    per_prompt = (pair_loss * weight).sum(axis=(1, 2)) / jnp.maximum(n_pairs, 1.0)  # (B,)
+    has_pairs = (n_pairs > 0).astype(jnp.float32)
+    loss = (per_prompt * has_pairs).sum() / jnp.maximum(has_pairs.sum(), 1.0)
+    correct = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
+    aux = {
+        "accuracy": (correct * weight).sum() / jnp.maximum(weight.sum(), 1.0),
+        "pairs": weight.sum(),
+        "reward_mean": (rewards * valid).sum() / jnp.maximum(valid.sum(), 1),
+    }
+    return loss, aux
+
+
+def reward_model_loss(
+    model: Transformer, batch: dict[str, jax.Array], head: str = "reward"
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`loss_fn(model, batch)` for the shared train step; one forward pass per response, not per pair.
+
+    batch: tokens (B, K, T), mask (B, K, T), valid (B, K), optional ranks (B, K) and margin (B, K, K), as
+    `pack_rankings` makes them.
+    """
+    b, k, t = batch["tokens"].shape
+    flat = reward_scores(model, batch["tokens"].reshape(b * k, t), batch["mask"].reshape(b * k, t), head)
+    rewards = flat.reshape(b, k)  # (B, K)
+    return ranking_loss(rewards, batch["valid"], batch.get("ranks"), batch.get("margin", 0.0))
+
+
+def pairwise_accuracy(rewards: jax.Array, valid: jax.Array, ranks: jax.Array | None = None) -> jax.Array:
+    """Fraction of held-out comparisons the rewards order correctly (a tie in reward counts one half).
+
+    Every comparison counts once (not per-prompt weighted): this is accuracy on comparisons, as papers report.
+    """
+    return ranking_loss(rewards, valid, ranks)[1]["accuracy"]
+
+
+def expected_calibration_error(
+    rewards: jax.Array, valid: jax.Array, ranks: jax.Array | None = None, n_bins: int = 10
+) -> jax.Array:
+    """ECE of the Bradley–Terry probabilities σ(r_i - r_j) on held-out comparisons.
+
+    Each comparison is a prediction "the response with the higher reward is preferred" with confidence
+    σ(|r_i - r_j|) ∈ [0.5, 1]; confidences are binned into `n_bins` equal bins over [0.5, 1] and
+    ECE = Σ_bins (n_bin / n) |accuracy_bin - mean confidence_bin|.
+    """
+    rewards = rewards.astype(jnp.float32)
+    weight = pair_mask(valid, ranks).astype(jnp.float32).reshape(-1)  # (B*K*K,)
+    diff = (rewards[:, :, None] - rewards[:, None, :]).reshape(-1)  # r_better - r_worse
+    confidence = jax.nn.sigmoid(jnp.abs(diff))
+    correct = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
+    bins = jnp.clip(((confidence - 0.5) * 2 * n_bins).astype(jnp.int32), 0, n_bins - 1)
+    one_hot = jax.nn.one_hot(bins, n_bins) * weight[:, None]  # (pairs, n_bins)
+    count = one_hot.sum(0)
+    gap = jnp.abs((one_hot * correct[:, None]).sum(0) - (one_hot * confidence[:, None]).sum(0))
+    return gap.sum() / jnp.maximum(count.sum(), 1.0)
+
+
+def reward_model_metrics(
+    rewards: jax.Array, valid: jax.Array, ranks: jax.Array | None = None, n_bins: int = 10
+) -> dict[str, jax.Array]:
+    """Held-out metrics: pairwise accuracy, ECE, the loss, and the number of comparisons."""
+    loss, aux = ranking_loss(rewards, valid, ranks)
+    return {
+        "loss": loss,
+        "accuracy": aux["accuracy"],
+        "ece": expected_calibration_error(rewards, valid, ranks, n_bins),
+        "pairs": aux["pairs"],
+    }
+
+
+class RewardNormalization(NamedTuple):
+    """r ↦ gain · r + bias, float32 scalars."""
+
+    gain: jax.Array
+    bias: jax.Array
+
+    def apply(self, rewards: jax.Array) -> jax.Array:
+        return (self.gain * rewards.astype(jnp.float32) + self.bias).astype(jnp.float32)
+
+
+def fit_normalization(
+    reference_rewards: jax.Array, mask: jax.Array | None = None, scale: bool = False, eps: float = 1e-8
+) -> RewardNormalization:
+    """Bias (and with `scale`, gain) so that reference/demonstration responses score mean 0 (and std 1).
+
+    InstructGPT: "since the RM loss is invariant to shifts in reward, we normalize the reward model using a
+    bias so that the labeler demonstrations achieve a mean score of 0 before doing RL". Ziegler et al. also
+    fit a gain for std 1, so the KL coefficient keeps its meaning. Statistics are global (see `masked_whiten`).
+    """
+    r = reference_rewards.astype(jnp.float32)
+    m = jnp.ones_like(r) if mask is None else mask.astype(jnp.float32)
+    n = jnp.maximum(m.sum(), 1.0)
+    mean = (r * m).sum() / n
+    if scale:
+        std = jnp.sqrt((jnp.square(r - mean) * m).sum() / n)
+        gain = 1.0 / (std + eps)
+    else:
+        gain = jnp.float32(1.0)
+    return RewardNormalization(jnp.asarray(gain, jnp.float32), jnp.asarray(-gain * mean, jnp.float32))
+
+
+def fold_normalization(model: Transformer, norm: RewardNormalization, head: str = "reward") -> None:
+    """Bake `norm` into the scalar head in place (w ← gain·w, b ← gain·b + bias): the model then scores
+    normalised rewards itself, and a value head initialised from it starts on the same scale."""
+    h = model.heads[head]
+    h["w"][...] = norm.gain * h["w"][...]
+    h["b"][...] = norm.gain * h["b"][...] + norm.bias
+
+
+def ranks_from_scores(scores_best_first: Sequence[float]) -> list[int]:
+    """Dense ranks (0 = best) of scores sorted best first; equal scores share a rank (a tie)."""
+    ranks, current = [], 0
+    for i, s in enumerate(scores_best_first):
+        if i and s != scores_best_first[i - 1]:
+            current += 1
+        ranks.append(current)
+    return ranks
+
+
+def pack_rankings(
+    prompts: Sequence[list[int]],
+    ranked_responses: Sequence[Sequence[list[int]]],
+    k: int,
+    length: int,
+    pad_id: int,
+    scores: Sequence[Sequence[float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Right-padded (prompt + response) rows for `reward_model_loss`, K slots per prompt, best first.
+
+    ranked_responses[b] holds prompt b's responses best first (2..k of them); `scores[b]`, best first, marks
+    ties (equal scores share a rank). Returns tokens (B, K, T), mask (B, K, T), valid (B, K), ranks (B, K).
+    """
+    n = len(prompts)
+    tokens = np.full((n, k, length), pad_id, np.int32)
+    mask = np.zeros((n, k, length), np.int32)
+    valid = np.zeros((n, k), np.int32)
+    ranks = np.tile(np.arange(k, dtype=np.int32), (n, 1))
+    for b, (prompt, responses) in enumerate(zip(prompts, ranked_responses, strict=True)):
+        if not 1 <= len(responses) <= k:
+            raise ValueError(f"ranking {b}: {len(responses)} responses; expected 1..{k}")
+        for j, response in enumerate(responses):
+            row = list(prompt) + list(response)
+            if len(row) > length:
+                raise ValueError(
+                    f"ranking {b}, response {j}: prompt ({len(prompt)} tokens) + response ({len(response)} "
+                    f"tokens) is longer than the context of {length} tokens"
+                )
+            tokens[b, j, : len(row)] = row
+            mask[b, j, : len(row)] = 1
+            valid[b, j] = 1
+        if scores is not None:
+            if len(scores[b]) != len(responses):
+                raise ValueError(f"ranking {b}: {len(scores[b])} scores for {len(responses)} responses")
+            if any(later > earlier for earlier, later in zip(scores[b], scores[b][1:], strict=False)):
+                raise ValueError(f"ranking {b}: scores {list(scores[b])} are not best first (non-increasing)")
+            ranks[b, : len(responses)] = ranks_from_scores(list(scores[b]))
+    return {"tokens": tokens, "mask": mask, "valid": valid, "ranks": ranks}
+
