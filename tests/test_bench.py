@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 def test_benchmark_smoke_reports_both_frameworks_and_their_ratio():
     pytest.importorskip("torch")
     env = {**os.environ, "XLA_FLAGS": ""}
-    proc = subprocess.run([sys.executable, "bench/run.py", "--smoke"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "bench/run.py", "--smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     machine = records[0]

@@ -71,4 +71,3 @@ def best_of_n_kl_exact(probs: np.ndarray, n: int) -> float:
     bon = cdf**n - np.concatenate([[0.0], cdf[:-1]]) ** n
     real = bon > 0
     return float(np.sum(bon[real] * (np.log(bon[real]) - np.log(p[real]))))
-

@@ -16,7 +16,9 @@ from oversight.training.sft import token_logprobs
 LOSS_TYPES = ("sigmoid", "ipo")
 
 
-def sequence_logprobs(model: Transformer, tokens: jax.Array, mask: jax.Array, loss_mask: jax.Array) -> jax.Array:
+def sequence_logprobs(
+    model: Transformer, tokens: jax.Array, mask: jax.Array, loss_mask: jax.Array
+) -> jax.Array:
     """Σ_t log π(y_t | x, y_<t) over the response tokens (loss_mask = 1) of (prompt + response) rows, (B,)."""
     logp = token_logprobs(model, tokens, mask)  # (B, T-1)
     return (logp * loss_mask[:, 1:].astype(jnp.float32)).sum(axis=-1)
@@ -43,9 +45,9 @@ def dpo_loss(
     rejected_logratio = policy_rejected.astype(jnp.float32) - ref_rejected.astype(jnp.float32)
     h = chosen_logratio - rejected_logratio
     if loss_type == "sigmoid":
-        losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h) - label_smoothing * jax.nn.log_sigmoid(
-            -beta * h
-        )
+        losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(
+            beta * h
+        ) - label_smoothing * jax.nn.log_sigmoid(-beta * h)
     else:
         losses = jnp.square(h - 1.0 / (2.0 * beta))
     chosen_reward = beta * chosen_logratio  # the implicit rewards, (B,)

@@ -324,17 +324,41 @@ def ppo_loss(
     old_logprobs (at the sampling temperature), old_values, advantages (whitened), returns. Optional PPO-ptx
     batch: ptx_tokens, ptx_mask, ptx_loss_mask (B', T') as `sft.pack_examples` makes them.
     """
-    mask = minibatch["response_mask"]
     logprobs, entropy, values = response_outputs(
         model,
         minibatch["prompt"],
         minibatch["prompt_mask"],
         minibatch["response"],
-        mask,
+        minibatch["response_mask"],
         cfg.temperature,
         cfg.value_head,
         with_entropy=True,
     )
+    loss, stats = ppo_objective(logprobs, entropy, values, minibatch, cfg)
+    if "ptx_tokens" in minibatch:
+        # PPO-ptx: + γ_ptx E_pretrain[log π(x)] in the objective, i.e. γ_ptx × the SFT loss, at temperature 1
+        # (it is the data's likelihood, not the sampling distribution's).
+        ptx_batch = {
+            "tokens": minibatch["ptx_tokens"],
+            "mask": minibatch["ptx_mask"],
+            "loss_mask": minibatch["ptx_loss_mask"],
+        }
+        ptx_loss, _ = sft_loss(model, ptx_batch)
+        loss = loss + cfg.ptx_coef * ptx_loss
+        stats["ptx/loss"] = ptx_loss
+    return loss, stats
+
+
+def ppo_objective(
+    logprobs: jax.Array,
+    entropy: jax.Array,
+    values: jax.Array,
+    minibatch: dict[str, jax.Array],
+    cfg: PPOConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Clipped policy loss + vf_coef × clipped value loss - ent_coef × entropy, from the current policy's
+    logprobs, entropy and values (B, N); token means over the real response tokens of the minibatch."""
+    mask = minibatch["response_mask"]
     advantages = minibatch["advantages"].astype(jnp.float32)
     returns = minibatch["returns"].astype(jnp.float32)
     old_values = minibatch["old_values"].astype(jnp.float32)
@@ -359,11 +383,10 @@ def ppo_loss(
 
     entropy_mean = masked_mean(entropy, mask)
     loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy_mean
-
     stats = {
         "policy/loss": pg_loss,
         "policy/entropy": entropy_mean,
-        # k3 estimator of KL(π_old || π): E_old[(ρ - 1) - log ρ] ≥ 0, unbiased and low-variance (Schulman).
+        # k3 estimator of KL(π_old || π): E_old[(ρ - 1) - log ρ] >= 0, unbiased and low-variance (Schulman).
         "policy/approx_kl": masked_mean((ratio - 1.0) - logratio, mask),
         "policy/clipfrac": masked_mean((jnp.abs(ratio - 1.0) > cfg.clip_eps).astype(jnp.float32), mask),
         "policy/ratio": masked_mean(ratio, mask),
@@ -372,25 +395,12 @@ def ppo_loss(
         "value/explained_variance": explained_variance(values, returns, mask),
         "value/mean": masked_mean(values, mask),
     }
-
-    if "ptx_tokens" in minibatch:
-        # PPO-ptx: + γ_ptx E_pretrain[log π(x)] in the objective, i.e. γ_ptx × the SFT loss (temperature 1:
-        # it is the data's likelihood, not the sampling distribution's).
-        ptx_loss, _ = sft_loss(
-            model,
-            {
-                "tokens": minibatch["ptx_tokens"],
-                "mask": minibatch["ptx_mask"],
-                "loss_mask": minibatch["ptx_loss_mask"],
-            },
-        )
-        loss = loss + cfg.ptx_coef * ptx_loss
-        stats["ptx/loss"] = ptx_loss
     return loss, stats
 
 
-def init_value_head(model: Transformer, head: str = "value", source: nnx.Module | None = None,
-                    source_head: str = "reward") -> None:
+def init_value_head(
+    model: Transformer, head: str = "value", source: nnx.Module | None = None, source_head: str = "reward"
+) -> None:
     """Initialise the value head in place: from `source`'s `source_head` (InstructGPT initialises the value
     function from the reward model) or, with no source, to zero (Ziegler et al.) so early values are 0."""
     dst = model.heads[head]

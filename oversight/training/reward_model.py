@@ -232,4 +232,3 @@ def pack_rankings(
                 raise ValueError(f"ranking {b}: scores {list(scores[b])} are not best first (non-increasing)")
             ranks[b, : len(responses)] = ranks_from_scores(list(scores[b]))
     return {"tokens": tokens, "mask": mask, "valid": valid, "ranks": ranks}
-
