@@ -21,7 +21,7 @@ from oversight.models.transformer import Transformer, positions_from_mask
 
 
 def last_token_index(mask: jax.Array) -> jax.Array:
-    """Index of the last real token of each row, for right- or left-padded rows (0 for an empty row). (B,)"""
+    """Index of the last real token of each row, right- or left-padded (T - 1 for an empty row). (B,)"""
     t = mask.shape[-1]
     # argmax returns the first maximum: on the reversed mask, the last real position.
     return (t - 1 - jnp.argmax(mask[..., ::-1].astype(bool), axis=-1)).astype(jnp.int32)

@@ -1,0 +1,54 @@
+"""Best-of-N: deterministic selection against any scorer, and the analytic KL against Monte Carlo."""
+
+import numpy as np
+import pytest
+
+from oversight.training.best_of_n import best_of_n, best_of_n_indices, best_of_n_kl, best_of_n_kl_exact
+
+
+def test_argmax_per_prompt_with_ties_to_the_lowest_index_and_nan_never_winning():
+    scores = np.array([[0.1, 0.7, 0.7, 0.2], [np.nan, -1.0, -2.0, -1.0], [3.0, 3.0, 3.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(best_of_n_indices(scores), [1, 1, 0])
+
+
+def test_best_of_n_scores_every_sample_with_any_scorer():
+    calls = []
+
+    def score_fn(prompts, responses):  # a stand-in for a reward model or a gold checker
+        calls.append(len(responses))
+        return [len(r) + (0.5 if p == "b" else 0.0) for p, r in zip(prompts, responses, strict=True)]
+
+    idx, scores, chosen = best_of_n(["a", "b"], [["x", "xyz", "xy"], ["pq", "p", "pqr"]], score_fn)
+    assert calls == [6]  # one call for all B × N samples
+    np.testing.assert_array_equal(idx, [1, 2])
+    assert chosen == ["xyz", "pqr"]
+    np.testing.assert_allclose(scores, [[1, 3, 2], [2.5, 1.5, 3.5]])
+    with pytest.raises(ValueError, match="ragged"):
+        best_of_n(["a", "b"], [["x", "y"], ["z"]], score_fn)
+
+
+def test_analytic_kl_matches_monte_carlo_on_a_discrete_distribution():
+    rng = np.random.default_rng(0)
+    m, n, trials = 5000, 8, 40000
+    probs = rng.dirichlet(np.ones(m))  # atoms listed in increasing score order, all scores distinct
+    score_of_atom = np.arange(m, dtype=np.float32)
+    # Monte Carlo: draw N samples per trial, keep the best by the selection rule, average log π_BoN / π.
+    draws = rng.choice(m, size=(trials, n), p=probs)
+    best = draws[np.arange(trials), np.asarray(best_of_n_indices(score_of_atom[draws]))]
+    cdf = np.cumsum(probs)
+    bon = cdf**n - np.concatenate([[0.0], cdf[:-1]]) ** n
+    log_ratio = np.log(bon[best]) - np.log(probs[best])
+    mc, stderr = log_ratio.mean(), log_ratio.std() / np.sqrt(trials)
+    want = best_of_n_kl(n)
+    assert want == pytest.approx(np.log(8) - 7 / 8)
+    assert abs(mc - want) < 4 * stderr, (mc, want, stderr)
+    # With many small atoms the exact KL is the continuous formula to within the discreteness.
+    assert best_of_n_kl_exact(probs, n) == pytest.approx(want, abs=1e-2)
+
+
+def test_analytic_kl_bounds_coarse_distributions_and_is_zero_for_one_sample():
+    coarse = np.array([0.5, 0.3, 0.2])
+    for n in (2, 4, 16):
+        assert best_of_n_kl_exact(coarse, n) < best_of_n_kl(n)
+    assert best_of_n_kl(1) == 0.0 and best_of_n_kl_exact(coarse, 1) == pytest.approx(0.0)
+    np.testing.assert_allclose(best_of_n_kl(np.array([1, 2, 4])), [0.0, np.log(2) - 0.5, np.log(4) - 0.75])
