@@ -116,6 +116,8 @@ class TorchSFT:
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         self.model = GPT2LMHeadModel(cfg).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4, weight_decay=0.01, fused=True)

@@ -278,7 +278,8 @@ def rollout_advantages(
 class AdaptiveKLController:
     """Ziegler et al. (2019): β ← β (1 + clip(KL / target - 1, ±0.2) · n / horizon) after each rollout batch.
 
-    `target` None keeps β fixed. KL is the batch mean of the summed per-response KL; n the responses in it.
+    `target` None keeps β fixed. `current_kl` is the batch mean of the summed per-response KL
+    (`rollout_advantages(...)["stats"]["objective/kl"]`); `n_steps` the number of responses in the batch.
     """
 
     def __init__(self, init_kl_coef: float, target: float | None = None, horizon: int = 10000):

@@ -162,7 +162,8 @@ def fit_normalization(
 
     InstructGPT: "since the RM loss is invariant to shifts in reward, we normalize the reward model using a
     bias so that the labeler demonstrations achieve a mean score of 0 before doing RL". Ziegler et al. also
-    fit a gain for std 1, so the KL coefficient keeps its meaning. Statistics are global (see `masked_whiten`).
+    fit a gain for std 1, so the KL coefficient keeps its meaning. Statistics are global (see
+    `ppo.masked_whiten`).
     """
     r = reference_rewards.astype(jnp.float32)
     m = jnp.ones_like(r) if mask is None else mask.astype(jnp.float32)

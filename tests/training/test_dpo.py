@@ -9,13 +9,13 @@ from flax import nnx
 
 from oversight.models import ModelConfig, make_model
 from oversight.training.dpo import dpo_batch_loss, dpo_loss, sequence_logprobs
-from oversight.training.sft import pack_examples
+from oversight.training.sft import pack_examples, token_logprobs
 
 dpo = jax.jit(dpo_loss, static_argnames=("beta", "label_smoothing", "loss_type"))
 
 
 def test_dpo_on_a_model_starts_at_log_2_and_a_step_raises_the_chosen_log_prob():
-    cfg = ModelConfig(vocab_size=12, d_model=16, n_layers=1, n_heads=2, max_seq_len=8)
+    cfg = ModelConfig(vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
     model = make_model(cfg, 0)
     prompts = [[5, 6], [7]]
     chosen = pack_examples(prompts, [[3, 4, 2], [8, 2]], length=6, pad_id=0)
@@ -29,10 +29,12 @@ def test_dpo_on_a_model_starts_at_log_2_and_a_step_raises_the_chosen_log_prob():
         r = sequence_logprobs(
             model, batch["rejected_tokens"], batch["rejected_mask"], batch["rejected_loss_mask"]
         )
-        return c, r
+        return c, r, token_logprobs(model, batch["chosen_tokens"], batch["chosen_mask"])
 
-    ref_chosen, ref_rejected = logps(model)  # the reference is the initial policy
-    batch |= {"ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
+    # A sequence's log-prob sums the response tokens' log-probs: tokens 2..4 of [5 6 | 3 4 2], 1..2 of [7 | 8 2].
+    ref_chosen, ref_rejected, per_token = logps(model)
+    np.testing.assert_allclose(ref_chosen, [per_token[0, 1:4].sum(), per_token[1, 0:2].sum()], rtol=1e-6)
+    batch |= {"ref_chosen": ref_chosen, "ref_rejected": ref_rejected}  # the reference is the initial policy
 
     optimizer = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
 
@@ -47,7 +49,7 @@ def test_dpo_on_a_model_starts_at_log_2_and_a_step_raises_the_chosen_log_prob():
     loss, metrics = step(model, optimizer)
     np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
     assert metrics["rewards/margin"] == 0.0 and metrics["rewards/accuracy"] == 0.0
-    chosen_after, rejected_after = logps(model)
+    chosen_after, rejected_after, _ = logps(model)
     assert np.all(chosen_after > ref_chosen), (chosen_after, ref_chosen)
     assert np.all(rejected_after < ref_rejected), (rejected_after, ref_rejected)
     loss, metrics = step(model, optimizer)

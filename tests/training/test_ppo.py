@@ -33,8 +33,11 @@ from oversight.training.sft import pack_examples, sft_loss
 STOP, PAD = 2, 0
 
 
-def tiny_model(seed: int = 0, vocab: int = 12, heads=("value",)) -> Transformer:
-    cfg = ModelConfig(vocab_size=vocab, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, scalar_heads=heads)
+def tiny_model(seed: int = 0) -> Transformer:
+    # The shapes of the other training tests' models, so initialisation compiles once per session.
+    cfg = ModelConfig(
+        vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, scalar_heads=("value",)
+    )
     return make_model(cfg, seed)
 
 
@@ -150,6 +153,9 @@ def test_float_scores_survive_intact_end_to_end():
     np.testing.assert_allclose(norm.apply(jnp.array([2.123456])), [0.123456], rtol=1e-6)
 
 
+objective = jax.jit(ppo_objective, static_argnums=4)  # one compile beats eager dispatch of each op
+
+
 def _minibatch(ratio, advantages, old_values=0.0, returns=0.0):
     n = len(ratio)
     return {
@@ -169,12 +175,14 @@ def test_policy_ratio_is_clipped_on_both_sides_of_epsilon():
     zeros = jnp.zeros((1, 5))
 
     def per_token_loss(logp):
-        return ppo_objective(logp, zeros, zeros, mb, cfg)[0] * 5  # sum over the five tokens
+        return objective(logp, zeros, zeros, mb, cfg)[0] * 5  # sum over the five tokens
 
-    loss, stats = ppo_objective(logp, zeros, zeros, mb, cfg)
+    loss, stats = objective(logp, zeros, zeros, mb, cfg)
     np.testing.assert_allclose(loss * 5, -1.2 - 0.5 + 1.5 + 0.8 - 2.2, rtol=1e-6)
     np.testing.assert_allclose(stats["policy/clipfrac"], 4 / 5)
-    grad = jax.grad(per_token_loss)(logp)[0]  # d loss / d log π = -A ρ where unclipped, 0 where clipped
+    grad = jax.jit(jax.grad(per_token_loss))(logp)[
+        0
+    ]  # d loss / d log π = -A ρ where unclipped, 0 where clipped
     np.testing.assert_allclose(grad, [0.0, -0.5, 1.5, 0.0, -2.2], rtol=1e-6, atol=1e-7)
     # approx-KL is the k3 estimator (ρ - 1) - log ρ, >= 0.
     want_kl = np.mean([(r - 1) - np.log(r) for r in ratio])
@@ -185,7 +193,7 @@ def test_value_loss_is_clipped_around_the_rollout_values():
     cfg = PPOConfig(clip_value=0.2, vf_coef=1.0)
     mb, logp = _minibatch([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], old_values=0.0, returns=1.0)
     values = jnp.array([[1.0, 0.1, -0.5]])
-    loss, stats = ppo_objective(logp, jnp.zeros((1, 3)), values, mb, cfg)
+    loss, stats = objective(logp, jnp.zeros((1, 3)), values, mb, cfg)
     # v = 1.0 moved past +0.2: the clipped value 0.2 is further from the return -> (0.8)²;
     # v = 0.1 is inside the clip range -> (0.9)²; v = -0.5 clipped to -0.2, but (1.5)² is larger -> (1.5)².
     want = 0.5 * np.mean([0.8**2, 0.9**2, 1.5**2])
@@ -194,7 +202,7 @@ def test_value_loss_is_clipped_around_the_rollout_values():
     np.testing.assert_allclose(stats["value/clipfrac"], 1 / 3)
     off = dataclasses.replace(cfg, clip_value=0.0)
     np.testing.assert_allclose(
-        ppo_objective(logp, jnp.zeros((1, 3)), values, mb, off)[1]["value/loss"],
+        objective(logp, jnp.zeros((1, 3)), values, mb, off)[1]["value/loss"],
         0.5 * np.mean([0.0, 0.9**2, 1.5**2]),
         rtol=1e-6,
     )
@@ -204,36 +212,38 @@ def test_ppo_loss_on_a_model_starts_at_ratio_one_and_adds_the_ptx_term():
     model = tiny_model()
     prompt, prompt_mask = jnp.array([[PAD, 5, 6], [7, 8, 9]]), jnp.array([[0, 1, 1], [1, 1, 1]])
     response, response_mask = truncate_after_stop(jnp.array([[3, STOP, 4], [4, 4, 3]]), (STOP,), PAD)
-    cfg = PPOConfig(temperature=0.8, ptx_coef=3.0, ent_coef=0.01)
-    logp, _, values = nnx.jit(response_outputs, static_argnums=(5, 6))(
-        model, prompt, prompt_mask, response, response_mask, 0.8, "value"
-    )
-    roll = rollout_advantages(logp, logp, values, jnp.array([0.5, -0.5]), response_mask, 0.02, cfg)
-    ptx = pack_examples([[5, 6], [7]], [[3, STOP], [4, 4, STOP]], length=5, pad_id=PAD)
-    loss_fn = nnx.jit(ppo_loss, static_argnums=2)
-    mb = {
-        "prompt": prompt,
-        "prompt_mask": prompt_mask,
-        "response": response,
-        "response_mask": response_mask,
-        "old_logprobs": logp,
-        "old_values": values,
-        "advantages": roll["advantages"],
-        "returns": roll["returns"],
+    cfg = PPOConfig(temperature=0.8, ptx_coef=3.0, ent_coef=0.01, vf_coef=0.1)
+    ptx = {
+        k: jnp.asarray(v) for k, v in pack_examples([[5, 6], [7]], [[3, STOP], [4, 4, STOP]], 5, PAD).items()
     }
-    loss, stats = loss_fn(model, mb, cfg)
+
+    @nnx.jit
+    def run(model):
+        logp, _, values = response_outputs(model, prompt, prompt_mask, response, response_mask, 0.8, "value")
+        roll = rollout_advantages(logp, logp, values, jnp.array([0.5, -0.5]), response_mask, 0.02, cfg)
+        minibatch = {
+            "prompt": prompt,
+            "prompt_mask": prompt_mask,
+            "response": response,
+            "response_mask": response_mask,
+            "old_logprobs": logp,
+            "old_values": values,
+            "advantages": roll["advantages"],
+            "returns": roll["returns"],
+            "ptx_tokens": ptx["tokens"],
+            "ptx_mask": ptx["mask"],
+            "ptx_loss_mask": ptx["loss_mask"],
+        }
+        return ppo_loss(model, minibatch, cfg), sft_loss(model, ptx)[0]
+
+    (loss, stats), sft = run(model)
     np.testing.assert_allclose(stats["policy/ratio"], 1.0, rtol=1e-6)
     np.testing.assert_allclose(stats["policy/approx_kl"], 0.0, atol=1e-6)
     assert stats["policy/clipfrac"] == 0.0 and stats["value/clipfrac"] == 0.0
-    assert 0 < stats["policy/entropy"] <= np.log(12) + 1e-5
-    with_ptx, stats_ptx = loss_fn(
-        model,
-        {**mb, "ptx_tokens": ptx["tokens"], "ptx_mask": ptx["mask"], "ptx_loss_mask": ptx["loss_mask"]},
-        cfg,
-    )
-    sft, _ = nnx.jit(sft_loss)(model, {k: jnp.asarray(v) for k, v in ptx.items()})
-    np.testing.assert_allclose(with_ptx, loss + 3.0 * sft, rtol=1e-6)
-    np.testing.assert_allclose(stats_ptx["ptx/loss"], sft, rtol=1e-6)
+    assert 0 < stats["policy/entropy"] <= np.log(20) + 1e-5
+    without_ptx = stats["policy/loss"] + 0.1 * stats["value/loss"] - 0.01 * stats["policy/entropy"]
+    np.testing.assert_allclose(stats["ptx/loss"], sft, rtol=1e-6)
+    np.testing.assert_allclose(loss, without_ptx + 3.0 * sft, rtol=1e-6)
 
 
 def test_adaptive_kl_controller_follows_ziegler_et_al():
@@ -254,7 +264,10 @@ def test_minibatches_are_a_fresh_permutation_each_epoch():
         minibatch_indices(10, 4, jax.random.key(0))
 
 
-BANDIT_TABLE = jnp.array([0.0, 0.2, 0.4, 1.0, 0.1, 0.3])  # score of each one-token response; 3 is best
+# Score of each one-token response (the tiny model's vocabulary); 3 is the best.
+BANDIT_TABLE = jnp.array(
+    [0.0, 0.2, 0.4, 1.0, 0.1, 0.3, 0.0, 0.5, 0.2, 0.1, 0.3, 0.4, 0.6, 0.2, 0.0, 0.3, 0.1, 0.5, 0.2, 0.4]
+)
 BANDIT_CFG = PPOConfig(epochs=4, minibatches=2, temperature=1.0, vf_coef=0.5)
 BANDIT_BATCH = 64
 
@@ -263,11 +276,11 @@ BANDIT_BATCH = 64
 def _bandit_program():
     """PPO on a one-token bandit: prompt [1], response one of V tokens, score = BANDIT_TABLE[token].
 
-    `iteration(state, ref_state, key, beta)` is one jitted PPO iteration: a rollout of BANDIT_BATCH responses,
-    then epochs × minibatches clipped updates on fresh permutations. Compiled once, shared by the tests.
+    `rollout(state, ref_state, key, beta)` samples BANDIT_BATCH responses and computes advantages;
+    `update(state, data, idx)` is one clipped PPO step on the minibatch `idx`. Compiled once, shared by the tests.
     """
     cfg, batch = BANDIT_CFG, BANDIT_BATCH
-    policy = tiny_model(0, len(BANDIT_TABLE))
+    policy = tiny_model(0)
     graphdef, _ = nnx.split((policy, nnx.Optimizer(policy, optax.adam(3e-3), wrt=nnx.Param)))
     ref_graphdef, _ = nnx.split(policy)
     prompt = jnp.ones((batch, 1), jnp.int32)
@@ -278,17 +291,14 @@ def _bandit_program():
         return jax.nn.softmax(model.logits(hidden)[0, 0] / cfg.temperature)  # (V,)
 
     @jax.jit
-    def iteration(state, ref_state, key, beta):
+    def rollout(state, ref_state, key, beta):
         policy, _ = nnx.merge(graphdef, state)
         reference = nnx.merge(ref_graphdef, ref_state)
-        k_sample, k_perm = jax.random.split(key)
-        response = jax.random.categorical(k_sample, jnp.log(probs(policy)), shape=(batch, 1)).astype(
-            jnp.int32
-        )
+        response = jax.random.categorical(key, jnp.log(probs(policy)), shape=(batch, 1)).astype(jnp.int32)
         logp, _, values = response_outputs(policy, prompt, ones, response, ones, cfg.temperature, "value")
         ref_logp = response_logprobs(reference, prompt, ones, response, ones, cfg.temperature)
         roll = rollout_advantages(logp, ref_logp, values, BANDIT_TABLE[response[:, 0]], ones, beta, cfg)
-        data = {
+        return {
             "prompt": prompt,
             "prompt_mask": ones,
             "response": response,
@@ -298,17 +308,13 @@ def _bandit_program():
             "advantages": roll["advantages"],
             "returns": roll["returns"],
         }
-        order = jnp.concatenate(
-            [minibatch_indices(batch, cfg.minibatches, k) for k in jax.random.split(k_perm, cfg.epochs)]
-        )  # (epochs * minibatches, batch / minibatches)
 
-        def update(state, idx):
-            model, optimizer = nnx.merge(graphdef, state)
-            grads = nnx.grad(lambda m: ppo_loss(m, {k: v[idx] for k, v in data.items()}, cfg)[0])(model)
-            optimizer.update(model, grads)
-            return nnx.state((model, optimizer)), None
-
-        return jax.lax.scan(update, state, order)[0]
+    @jax.jit
+    def update(state, data, idx):
+        model, optimizer = nnx.merge(graphdef, state)
+        grads = nnx.grad(lambda m: ppo_loss(m, {k: v[idx] for k, v in data.items()}, cfg)[0])(model)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer))
 
     @jax.jit
     def evaluate(state, ref_state):
@@ -316,18 +322,23 @@ def _bandit_program():
         p, q = probs(nnx.merge(graphdef, state)[0]), probs(nnx.merge(ref_graphdef, ref_state))
         return p @ BANDIT_TABLE, jnp.sum(p * (jnp.log(p) - jnp.log(q))), q
 
-    return iteration, evaluate
+    return rollout, update, evaluate
 
 
 def _run_bandit(beta: float, iterations: int, seed: int = 0):
-    iteration, evaluate = _bandit_program()
-    policy = tiny_model(seed, len(BANDIT_TABLE))
+    rollout, update, evaluate = _bandit_program()
+    cfg = BANDIT_CFG
+    policy = tiny_model(seed)
     init_value_head(policy)  # zero value head, as in Ziegler et al.
     ref_state = nnx.state(nnx.clone(policy))
     state = nnx.state((policy, nnx.Optimizer(policy, optax.adam(3e-3), wrt=nnx.Param)))
     r0, kl0, ref = evaluate(state, ref_state)
     for key in jax.random.split(jax.random.key(seed), iterations):
-        state = iteration(state, ref_state, key, jnp.float32(beta))
+        k_roll, k_perm = jax.random.split(key)
+        data = rollout(state, ref_state, k_roll, jnp.float32(beta))
+        for epoch_key in jax.random.split(k_perm, cfg.epochs):  # a fresh permutation every epoch
+            for idx in minibatch_indices(BANDIT_BATCH, cfg.minibatches, epoch_key):
+                state = update(state, data, idx)
     r1, kl1, _ = evaluate(state, ref_state)
     return (float(r0), float(kl0)), (float(r1), float(kl1)), ref
 
