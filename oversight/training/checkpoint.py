@@ -57,9 +57,21 @@ def abstract_like(state: Any) -> Any:
 
 
 def latest_checkpoint_step(directory: Path) -> int | None:
-    """Newest complete checkpoint step under `directory` (Orbax's temporary folders are not complete)."""
+    """Newest complete checkpoint step in `directory` or its stage sub-folders (`checkpoints/<stage>/<step>`).
+
+    Multi-stage experiments number steps globally (a stage continues the previous stage's count), so the
+    newest step over all stages is where a resumed run picks up. Orbax's temporary folders are not complete
+    and do not count.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return None
     steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+    steps += [
+        int(p.name)
+        for sub in directory.iterdir()
+        if sub.is_dir() and not sub.name.isdigit()
+        for p in sub.iterdir()
+        if p.is_dir() and p.name.isdigit()
+    ]
     return max(steps) if steps else None

@@ -140,19 +140,24 @@ def train_loop(
     rules: dict[str, list[str]],
     eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
     desc: str = "train",
+    step_offset: int = 0,
 ) -> Any:
     """Run `cfg.steps` steps from the latest checkpoint (or from `state`); returns the final state.
 
     `batch_fn(step)` gives the host batch of 0-based step `step`; metrics are logged at 1-based step numbers
-    (the number of optimizer updates done), which are also the checkpoint numbers.
+    (the number of optimizer updates done) plus `step_offset`, which are also the checkpoint numbers. A
+    later stage of a multi-stage experiment passes the steps of the stages before it as `step_offset`, so
+    step numbers grow monotonically over the whole run (as W&B requires and resume relies on).
     """
-    start = checkpointer.latest_step() or 0
+    latest = checkpointer.latest_step()
+    start = latest - step_offset if latest else 0
     if start:
-        state, _ = checkpointer.restore(start, abstract_like(state))
+        state, _ = checkpointer.restore(latest, abstract_like(state))
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start, cfg.steps):
         done = step + 1
+        global_step = step_offset + done
         state, metrics = step_fn(state, shard_batch(batch_fn(step), mesh, rules))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
@@ -160,7 +165,7 @@ def train_loop(
             kept = checkpointer.latest_step()
             raise NonFiniteError(
                 f"{desc}: non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at step "
-                f"{done}; stopped. Last good checkpoint: "
+                f"{global_step}; stopped. Last good checkpoint: "
                 + (
                     f"step {kept} in {checkpointer.directory}"
                     if kept
@@ -174,12 +179,12 @@ def train_loop(
             elapsed = time.perf_counter() - window_start
             logged = {f"train/{k}": v for k, v in metrics.items()}
             logged["perf/steps_per_sec"] = window_steps / elapsed
-            tracker.log(logged, step=done)
+            tracker.log(logged, step=global_step)
             window_start, window_steps = time.perf_counter(), 0
         if eval_fn is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
-            tracker.log(eval_fn(state, done), step=done)
+            tracker.log(eval_fn(state, global_step), step=global_step)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            checkpointer.save(done, state, {"step": done})
+            checkpointer.save(global_step, state, {"step": global_step})
     bar.close()
     checkpointer.wait()
     return state

@@ -118,3 +118,23 @@ def test_epoch_batches_are_a_pure_function_of_the_step_and_cover_each_epoch():
     assert sorted(first_epoch) == list(range(10))
     np.testing.assert_array_equal(batch_fn(1)["x"], epoch_batches(data, 5, 3)(1)["x"])
     assert not np.array_equal(batch_fn(0)["x"], batch_fn(2)["x"])  # a fresh permutation next epoch
+
+
+def test_a_later_stage_numbers_steps_and_checkpoints_after_the_stages_before_it(tmp_path):
+    mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    tracker = ListTracker()
+    ckpt = Checkpointer(tmp_path / "checkpoints" / "stage2")
+    final = train_loop(
+        state={"w": jnp.zeros(2)},
+        step_fn=_counting_step(nan_at=1000),
+        batch_fn=lambda s: {"x": np.zeros((1, 1))},
+        cfg=TrainConfig(steps=4, log_every=2, checkpoint_every=2),
+        tracker=tracker,
+        checkpointer=ckpt,
+        mesh=mesh,
+        rules=MeshConfig().rules,
+        step_offset=100,
+    )
+    np.testing.assert_array_equal(final["w"], [4.0, 4.0])
+    assert [s for s, _ in tracker.logged] == [102, 104]
+    assert latest_checkpoint_step(tmp_path / "checkpoints") == 104  # found through the stage folder
