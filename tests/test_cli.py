@@ -159,7 +159,9 @@ def test_list_experiments():
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0 and proc.stdout.startswith("sft")
+    assert proc.returncode == 0
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names == sorted(names) and {"sft", "rlhf"} <= set(names)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,670 @@
+"""RLHF end to end (the InstructGPT recipe) on a built-in task, scored by the task's gold checker throughout.
+
+    oversight experiment=rlhf                  # see conf/experiment/rlhf.yaml for the time and the result
+
+Stages, each checkpointed under `checkpoints/<stage>/` with one global step count (SFT steps, then reward-model
+steps, then PPO iterations), so a killed run resumes in the stage it was in and a finished stage is restored
+from its final checkpoint instead of retrained:
+
+1. `sft`: next-token training on reference solutions (`experiments.common.train_sft`).
+2. comparisons: K samples per prompt from the SFT policy, ranked by a capacity-limited simulated labeller
+   (`SimulatedHuman`); ties (the labeller found the same number of flaws) carry no preference.
+3. `rm`: a copy of the SFT trunk with a `reward` head, trained on the K-way rankings (all pairs of a prompt
+   are one batch element). Held-out accuracy is measured on gold-ordered pairs, next to the labeller's own
+   agreement with gold on those pairs: the labeller is the RM's ceiling.
+4. normalisation: bias (and gain) so SFT samples score mean 0 (std 1); folded into the reward head.
+5. best-of-N (N = 1..64) of SFT samples against the RM: gold and proxy reward against KL = log N - (N-1)/N.
+6. `ppo`: the SFT policy plus a `value` head (from the RM or zero), frozen SFT reference, per-token KL
+   penalty, score at the last real token, missing-stop penalty, GAE, whitening, epochs of minibatches. Three
+   jitted phases (rollout scoring, advantages, update) of fixed shapes. Every `eval_every` iterations:
+   gold reward, proxy reward and KL of policy samples on held-out prompts, and the gold win rate of PPO
+   answers over SFT answers.
+
+Results (`results.jsonl`, each with a 95% interval and n): `labeller/gold_agreement`, `rm/accuracy_gold`,
+`rm/accuracy_labeller`, `sft/gold_reward`, `ppo/gold_reward`, `gold/win_rate`, and the over-optimisation
+points `overopt/gold` and `overopt/proxy` (columns `method` = best_of_n | ppo, `kl`, `N` or `step`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from experiments.common import (
+    RenamedTracker,
+    decode_responses,
+    gold_reward,
+    round_up,
+    task_splits,
+    tokenize_problems,
+    train_sft,
+    train_state_from_model,
+)
+from oversight.data.tokenizer import load_tokenizer
+from oversight.models import build_model_config
+from oversight.overseers import GoldOverseer, HumanCapacity, RankingCollector, SimulatedHuman
+from oversight.parallel import shard_batch
+from oversight.registry import Experiment, RunContext
+from oversight.sampling import Sampler, SamplingConfig
+from oversight.sampling.generate import left_pad
+from oversight.stats import bootstrap_interval, proportion_row
+from oversight.tasks import get_task
+from oversight.training.best_of_n import best_of_n_kl
+from oversight.training.checkpoint import Checkpointer, abstract_like
+from oversight.training.loop import TrainConfig, make_optimizer, make_train_step, train_loop
+from oversight.training.ppo import (
+    AdaptiveKLController,
+    PPOConfig,
+    init_value_head,
+    minibatch_indices,
+    missing_stop_penalty,
+    per_token_kl,
+    ppo_loss,
+    response_logprobs,
+    response_outputs,
+    rollout_advantages,
+)
+from oversight.training.reward_model import (
+    fit_normalization,
+    fold_normalization,
+    pack_rankings,
+    reward_model_loss,
+    reward_model_metrics,
+    reward_scores,
+)
+from oversight.training.sft import epoch_batches
+
+VALUE_INITS = ("reward_model", "zero")
+
+
+@dataclass
+class RLHFOptions:
+    # Generation budget per response (rollouts, comparisons, evaluation).
+    max_new_tokens: int = 48
+    # Held-out prompts answered greedily for the SFT stage's gold accuracy.
+    sft_eval_samples: int = 32
+    # --- comparisons from the simulated labeller
+    # Responses per prompt that the labeller ranks (K).
+    k: int = 4
+    # Prompts (from the training split) whose K SFT samples are ranked.
+    num_comparisons: int = 1024
+    # Fraction of those rankings held out to measure the reward model.
+    rm_heldout_fraction: float = 0.25
+    # Units the labeller can check per response.
+    labeller_budget: int = 2
+    # Per check: probability the labeller misses a wrong unit.
+    labeller_miss_rate: float = 0.2
+    # Per check: probability a right unit looks wrong to the labeller.
+    labeller_false_alarm_rate: float = 0.1
+    # Which units it checks: "random" or "in_order".
+    labeller_order: str = "random"
+    # --- reward model
+    rm_steps: int = 80
+    rm_batch_size: int = 16
+    rm_learning_rate: float = 3e-4
+    # Normalise the reward to std 1 on SFT samples as well as mean 0.
+    rm_normalize_std: bool = True
+    # --- PPO
+    ppo_iterations: int = 40
+    # Prompts per rollout batch (one response each).
+    rollout_batch: int = 64
+    ppo_learning_rate: float = 1e-4
+    ppo_epochs: int = 4
+    ppo_minibatches: int = 4
+    kl_coef: float = 0.02
+    # Adaptive KL target (summed KL per response, nats); null = fixed β.
+    kl_target: float | None = None
+    kl_horizon: int = 10000
+    clip_eps: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    missing_stop_penalty: float = 1.0
+    # Rollout (and evaluation) sampling temperature.
+    temperature: float = 1.0
+    # Value head initialisation: "reward_model" (InstructGPT) or "zero".
+    value_init: str = "reward_model"
+    # Evaluate on held-out prompts every N iterations (and before the first and after the last).
+    eval_every: int = 5
+    checkpoint_every: int = 10
+    # Held-out prompts for PPO evaluation (win rate, gold, proxy, KL); at most task.num_eval.
+    eval_prompts: int = 128
+    # --- over-optimisation: best-of-N
+    # Held-out prompts with `bon_max_n` SFT samples each.
+    bon_prompts: int = 32
+    # Largest N (a power of two); N = 1, 2, 4, ..., bon_max_n.
+    bon_max_n: int = 64
+
+    def __post_init__(self) -> None:
+        if self.value_init not in VALUE_INITS:
+            raise ValueError(f"experiment.value_init={self.value_init!r} is not one of {VALUE_INITS}")
+        if self.bon_max_n < 1 or self.bon_max_n & (self.bon_max_n - 1):
+            raise ValueError(f"experiment.bon_max_n={self.bon_max_n} must be a power of two")
+        if not 0 < self.rm_heldout_fraction < 1:
+            raise ValueError(f"experiment.rm_heldout_fraction={self.rm_heldout_fraction} must be in (0, 1)")
+
+    def ppo_config(self) -> PPOConfig:
+        return PPOConfig(
+            clip_eps=self.clip_eps,
+            clip_value=self.clip_value,
+            vf_coef=self.vf_coef,
+            ent_coef=self.ent_coef,
+            kl_coef=self.kl_coef,
+            kl_target=self.kl_target,
+            kl_horizon=self.kl_horizon,
+            epochs=self.ppo_epochs,
+            minibatches=self.ppo_minibatches,
+            missing_stop_penalty=self.missing_stop_penalty,
+            temperature=self.temperature,
+        )
+
+
+def mean_row(metric: str, values, seed: int = 0, **extra) -> dict:
+    """A results row for a mean with its percentile-bootstrap 95% interval."""
+    values = np.asarray(values, np.float64)
+    lo, hi = bootstrap_interval(values, np.mean, seed=seed)
+    return {
+        "metric": metric,
+        "value": float(values.mean()),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": len(values),
+        **extra,
+    }
+
+
+def run(ctx: RunContext) -> None:
+    cfg, opts = ctx.cfg, ctx.options
+    mesh, rules = ctx.mesh, cfg.mesh.rules
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    stop = (tokenizer.eos_id,)
+    # One architecture for every role: policy (+ value head), reference, reward model (reward head).
+    heads = tuple(dict.fromkeys([*cfg.model.scalar_heads, "reward", "value"]))
+    model_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=list(heads)), tokenizer)
+    task = get_task(cfg.task.name, **cfg.task.options)
+    train_problems, eval_problems = task_splits(task, cfg)
+    common = {"task": cfg.task.name, "difficulty": cfg.task.difficulty}
+    rows: list[dict] = []
+    ckpt = ctx.run_dir / "checkpoints"
+
+    # --- 1. SFT ----------------------------------------------------------------------------------------------
+    sft = train_sft(
+        train_cfg=cfg.train,
+        model_cfg=model_cfg,
+        seed=cfg.seed,
+        mesh=mesh,
+        rules=rules,
+        tokenizer=tokenizer,
+        task=task,
+        train_problems=train_problems,
+        eval_problems=eval_problems,
+        checkpoint_dir=ckpt / "sft",
+        tracker=RenamedTracker(ctx.tracker, {"train/": "sft/"}),
+        eval_samples=opts.sft_eval_samples,
+        max_new_tokens=opts.max_new_tokens,
+        metric_prefix="sft/eval_",
+    )
+    correct, n = sft.gold_accuracy(sft.state)
+    rows.append(proportion_row("sft/gold_accuracy_greedy", correct, n, **common))
+    sft_model = sft.model()
+    graphdef, sft_params = nnx.split(sft_model)  # the model alone: reference policy and starting point
+
+    # Fixed shapes: every prompt is left-padded to one length, every response is max_new_tokens long.
+    all_prompts, _ = tokenize_problems(train_problems + eval_problems, tokenizer)
+    prompt_len = round_up(max(len(p) for p in all_prompts))
+    seq_len = prompt_len + opts.max_new_tokens
+    if seq_len > model_cfg.max_seq_len:
+        raise ValueError(
+            f"prompts ({prompt_len}) + max_new_tokens exceed max_seq_len {model_cfg.max_seq_len}"
+        )
+    sampling = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature)
+
+    def make_sampler(model, batch: int) -> Sampler:
+        return Sampler(
+            model, sampling, stop, tokenizer.pad_id, batch_buckets=(batch,), prompt_buckets=(prompt_len,)
+        )
+
+    def sample_texts(sampler: Sampler, problems, key, per_prompt: int = 1, chunk: int | None = None):
+        """`per_prompt` samples of each problem (problem-major), as (prompt tokens, response tokens, mask, texts)."""
+        prompts = [p for p in tokenize_problems(problems, tokenizer)[0] for _ in range(per_prompt)]
+        chunk = chunk or len(prompts)
+        outs = [
+            sampler.sample(prompts[i : i + chunk], jax.random.fold_in(key, i))
+            for i in range(0, len(prompts), chunk)
+        ]
+        tokens = np.concatenate([np.asarray(o.tokens) for o in outs])
+        mask = np.concatenate([np.asarray(o.mask) for o in outs])
+        return prompts, tokens, mask, decode_responses(tokenizer, tokens, mask)
+
+    # --- 2. comparisons from the simulated labeller ------------------------------------------------------------
+    k = opts.k
+    compare_problems = train_problems[: opts.num_comparisons]
+    chunk = 256 // k * k
+    sft_sampler = make_sampler(sft_model, chunk)
+    _, _, _, texts = sample_texts(sft_sampler, compare_problems, jax.random.key(cfg.seed + 17), k, chunk)
+    capacity = HumanCapacity(
+        budget=opts.labeller_budget,
+        miss_rate=opts.labeller_miss_rate,
+        false_alarm_rate=opts.labeller_false_alarm_rate,
+        order=opts.labeller_order,
+    )
+    labeller = RankingCollector(SimulatedHuman(capacity, task, seed=cfg.seed), k, seed=cfg.seed)
+    gold = GoldOverseer(task, seed=cfg.seed)
+    per_prompt = [texts[i * k : (i + 1) * k] for i in range(len(compare_problems))]
+    rankings = labeller.collect(compare_problems, per_prompt)
+    n_heldout = max(1, int(round(opts.rm_heldout_fraction * len(rankings))))
+    train_rank, heldout_rank = rankings[:-n_heldout], rankings[-n_heldout:]
+    heldout_problems = compare_problems[-n_heldout:]
+
+    def encode_ranking(r, order=None):
+        order = r.order if order is None else order
+        return [[*tokenizer.encode(r.responses[i]), tokenizer.eos_id] for i in order], [
+            r.scores[i] for i in order
+        ]
+
+    rm_len = round_up(seq_len + 1)
+    prompt_tokens = {p.prompt: [tokenizer.bos_id, *tokenizer.encode(p.prompt)] for p in compare_problems}
+    encoded = [encode_ranking(r) for r in train_rank]
+    rm_data = pack_rankings(
+        [prompt_tokens[r.prompt] for r in train_rank],
+        [e[0] for e in encoded],
+        k,
+        rm_len,
+        tokenizer.pad_id,
+        scores=[e[1] for e in encoded],
+    )
+    # Held-out: the same responses in the labeller's order (ties marked) and in gold's order.
+    held_lab = [encode_ranking(r) for r in heldout_rank]
+    held_lab_data = pack_rankings(
+        [prompt_tokens[r.prompt] for r in heldout_rank],
+        [e[0] for e in held_lab],
+        k,
+        rm_len,
+        tokenizer.pad_id,
+        scores=[e[1] for e in held_lab],
+    )
+    gold_judgements = [
+        gold.judge(p, list(r.responses)) for p, r in zip(heldout_problems, heldout_rank, strict=True)
+    ]
+    held_gold = [encode_ranking(r, j.ranking) for r, j in zip(heldout_rank, gold_judgements, strict=True)]
+    held_gold_scores = [[float(j.scores[i]) for i in j.ranking] for j in gold_judgements]
+    held_gold_data = pack_rankings(
+        [prompt_tokens[r.prompt] for r in heldout_rank],
+        [e[0] for e in held_gold],
+        k,
+        rm_len,
+        tokenizer.pad_id,
+        scores=held_gold_scores,
+    )
+    # The labeller's forced choice (its ranking, ties broken at random) on the pairs gold orders strictly.
+    agree = n_gold_pairs = 0
+    for r, j in zip(heldout_rank, gold_judgements, strict=True):
+        lab_pos = {i: pos for pos, i in enumerate(r.order)}
+        for a in range(k):
+            for b in range(a + 1, k):
+                if j.scores[a] != j.scores[b]:
+                    n_gold_pairs += 1
+                    agree += (j.scores[a] > j.scores[b]) == (lab_pos[a] < lab_pos[b])
+    rows.append(proportion_row("labeller/gold_agreement", agree, n_gold_pairs, **common))
+    labelled_pairs = int(
+        np.sum(np.asarray(rm_data["ranks"])[:, :, None] < np.asarray(rm_data["ranks"])[:, None, :])
+    )
+    ctx.tracker.summary(
+        {"labeller/train_pairs": labelled_pairs, "labeller/gold_agreement": agree / max(n_gold_pairs, 1)}
+    )
+
+    # --- 3. reward model ---------------------------------------------------------------------------------------
+    sft_steps = cfg.train.steps
+    rm_cfg = dataclasses.replace(
+        cfg.train,
+        steps=opts.rm_steps,
+        batch_size=min(opts.rm_batch_size, len(train_rank)),
+        learning_rate=opts.rm_learning_rate,
+        warmup_steps=min(cfg.train.warmup_steps, max(opts.rm_steps // 10, 1)),
+        eval_every=max(opts.rm_steps // 3, 1),
+        checkpoint_every=max(opts.rm_steps // 2, 1),
+    )
+    rm_graphdef, rm_state, rm_shardings = train_state_from_model(
+        sft_model, make_optimizer(rm_cfg), mesh, rules
+    )
+    rm_step = make_train_step(rm_graphdef, reward_model_loss, rm_shardings, mesh, rules)
+
+    @jax.jit
+    def rm_rewards(state, batch):
+        model, _ = nnx.merge(rm_graphdef, state)
+        b, kk, t = batch["tokens"].shape
+        flat = reward_scores(model, batch["tokens"].reshape(b * kk, t), batch["mask"].reshape(b * kk, t))
+        return flat.reshape(b, kk)
+
+    def rm_eval(state, step: int = 0) -> dict[str, float]:
+        out = {}
+        for name, data in (("gold", held_gold_data), ("labeller", held_lab_data)):
+            r = rm_rewards(state, shard_batch(data, mesh, rules))
+            m = reward_model_metrics(r, jnp.asarray(data["valid"]), jnp.asarray(data["ranks"]))
+            out |= {f"rm/heldout_{key}_{name}": float(v) for key, v in m.items()}
+        return out
+
+    rm_checkpointer = Checkpointer(ckpt / "rm", keep=rm_cfg.keep_checkpoints)
+    rm_state = train_loop(
+        state=rm_state,
+        step_fn=rm_step,
+        batch_fn=epoch_batches(rm_data, rm_cfg.batch_size, cfg.seed),
+        cfg=rm_cfg,
+        tracker=RenamedTracker(ctx.tracker, {"train/": "rm/"}),
+        checkpointer=rm_checkpointer,
+        mesh=mesh,
+        rules=rules,
+        eval_fn=rm_eval,
+        desc="reward model",
+        step_offset=sft_steps,
+    )
+    rm_checkpointer.close()
+    final_rm = rm_eval(rm_state)
+    for name in ("gold", "labeller"):
+        pairs = int(final_rm[f"rm/heldout_pairs_{name}"])
+        rows.append(
+            proportion_row(
+                f"rm/accuracy_{name}", round(final_rm[f"rm/heldout_accuracy_{name}"] * pairs), pairs, **common
+            )
+        )
+    rows.append(
+        {
+            "metric": "rm/ece_gold",
+            "value": final_rm["rm/heldout_ece_gold"],
+            "ci_low": None,
+            "ci_high": None,
+            "n": int(final_rm["rm/heldout_pairs_gold"]),
+            **common,
+        }
+    )
+
+    # --- 4. normalisation on SFT samples ----------------------------------------------------------------------
+    reward_model = nnx.merge(rm_graphdef, rm_state)[0]
+    _, rm_params = nnx.split(reward_model)
+
+    @jax.jit
+    def proxy_scores(rm_params, prompt, prompt_mask, response, response_mask):
+        rm = nnx.merge(graphdef, rm_params)
+        tokens = jnp.concatenate([prompt, response], axis=1)
+        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+        return reward_scores(rm, tokens, mask, "reward")  # (B,) float32
+
+    def score_texts(params, prompts, tokens, mask, batch: int = 256) -> np.ndarray:
+        out = []
+        for i in range(0, len(prompts), batch):
+            p, pm = left_pad(prompts[i : i + batch], prompt_len, tokenizer.pad_id)
+            out.append(np.asarray(proxy_scores(params, p, pm, tokens[i : i + batch], mask[i : i + batch])))
+        return np.concatenate(out)
+
+    # All K SFT samples of the comparison prompts stand in for the demonstrations InstructGPT normalises on.
+    norm_prompts, norm_tokens, norm_mask, _ = sample_texts(
+        sft_sampler, compare_problems, jax.random.key(cfg.seed + 17), k, chunk
+    )
+    raw = score_texts(rm_params, norm_prompts, norm_tokens, norm_mask)
+    norm = fit_normalization(jnp.asarray(raw), scale=opts.rm_normalize_std)
+    fold_normalization(reward_model, norm)
+    _, rm_params = nnx.split(reward_model)
+    ctx.tracker.summary({"rm/norm_gain": float(norm.gain), "rm/norm_bias": float(norm.bias)})
+
+    # --- 5. best-of-N against the RM -------------------------------------------------------------------------
+    bon_problems = eval_problems[: opts.bon_prompts]
+    nmax = opts.bon_max_n
+    b_prompts, b_tokens, b_mask, b_texts = sample_texts(
+        sft_sampler, bon_problems, jax.random.key(cfg.seed + 29), nmax, chunk
+    )
+    proxy = score_texts(rm_params, b_prompts, b_tokens, b_mask).reshape(len(bon_problems), nmax)
+    golds = np.asarray(
+        [
+            gold_reward(task, p, t)
+            for i, p in enumerate(bon_problems)
+            for t in b_texts[i * nmax : (i + 1) * nmax]
+        ]
+    ).reshape(len(bon_problems), nmax)
+    n_values = [2**i for i in range(int(np.log2(nmax)) + 1)]
+    for big_n in n_values:
+        # Disjoint groups of N samples per prompt: each group's best by proxy is one best-of-N draw.
+        groups = nmax // big_n
+        p = proxy.reshape(len(bon_problems), groups, big_n)
+        g = golds.reshape(len(bon_problems), groups, big_n)
+        pick = p.argmax(-1)[..., None]
+        chosen_p = np.take_along_axis(p, pick, -1)[..., 0].mean(1)  # (prompts,) mean over groups
+        chosen_g = np.take_along_axis(g, pick, -1)[..., 0].mean(1)
+        kl = float(best_of_n_kl(big_n))
+        extra = {"method": "best_of_n", "N": big_n, "kl": kl, "step": None, **common}
+        rows.append(mean_row("overopt/gold", chosen_g, **extra))
+        rows.append(mean_row("overopt/proxy", chosen_p, **extra))
+
+    # --- 6. PPO ----------------------------------------------------------------------------------------------
+    ppo_cfg = opts.ppo_config()
+    policy = nnx.merge(graphdef, sft_params)
+    if opts.value_init == "reward_model":
+        init_value_head(policy, "value", reward_model, "reward")
+    else:
+        init_value_head(policy, "value")
+    updates = opts.ppo_iterations * ppo_cfg.epochs * ppo_cfg.minibatches
+    ppo_train = TrainConfig(
+        steps=updates,
+        learning_rate=opts.ppo_learning_rate,
+        warmup_steps=0,
+        grad_clip=cfg.train.grad_clip,
+        weight_decay=0.0,
+        b1=cfg.train.b1,
+        b2=cfg.train.b2,
+    )
+    ppo_graphdef, ppo_state, ppo_shardings = train_state_from_model(
+        policy, make_optimizer(ppo_train), mesh, rules
+    )
+    n_roll = opts.rollout_batch
+
+    @jax.jit
+    def score_rollout(ppo_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask):
+        """Phase 1: old log-probs and values of the policy, reference log-probs, the penalised RM score."""
+        model, _ = nnx.merge(ppo_graphdef, ppo_state)
+        ref = nnx.merge(graphdef, ref_params)
+        rm = nnx.merge(graphdef, rm_params)
+        logp, _, values = response_outputs(
+            model, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature, ppo_cfg.value_head
+        )
+        ref_logp = response_logprobs(ref, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature)
+        tokens = jnp.concatenate([prompt, response], axis=1)
+        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+        proxy = reward_scores(rm, tokens, mask, "reward")
+        score = missing_stop_penalty(proxy, response, response_mask, stop, ppo_cfg.missing_stop_penalty)
+        kl = per_token_kl(logp, ref_logp, response_mask).sum(axis=1)
+        return {
+            "logp": logp,
+            "ref_logp": ref_logp,
+            "values": values,
+            "proxy": proxy,
+            "score": score,
+            "kl": kl,
+        }
+
+    @jax.jit
+    def advantages(scored, response_mask, beta):
+        """Phase 2: per-token rewards, GAE, returns, whitening (β traced: the adaptive controller never recompiles)."""
+        return rollout_advantages(
+            scored["logp"],
+            scored["ref_logp"],
+            scored["values"],
+            scored["score"],
+            response_mask,
+            beta,
+            ppo_cfg,
+        )
+
+    def update(state, rollout, key):
+        """Phase 3: `epochs` fresh permutations of `minibatches` minibatches, one optimizer step each."""
+
+        def minibatch_step(state, idx):
+            batch = jax.tree.map(lambda x: x[idx], rollout)
+            model, optimizer = nnx.merge(ppo_graphdef, state)
+            (loss, stats), grads = nnx.value_and_grad(lambda m: ppo_loss(m, batch, ppo_cfg), has_aux=True)(
+                model
+            )
+            optimizer.update(model, grads)
+            stats = {**stats, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+            return nnx.state((model, optimizer)), stats
+
+        def epoch(state, key):
+            return jax.lax.scan(minibatch_step, state, minibatch_indices(n_roll, ppo_cfg.minibatches, key))
+
+        state, stats = jax.lax.scan(epoch, state, jax.random.split(key, ppo_cfg.epochs))
+        return state, jax.tree.map(jnp.mean, stats)
+
+    update = jax.jit(update, donate_argnums=0)
+
+    policy_sampler = make_sampler(policy, n_roll)
+    eval_set = eval_problems[: opts.eval_prompts]
+    eval_sampler = make_sampler(sft_model, len(eval_set))
+    sft_eval = sample_texts(eval_sampler, eval_set, jax.random.key(cfg.seed + 41))
+    sft_eval_gold = np.asarray([gold_reward(task, p, t) for p, t in zip(eval_set, sft_eval[3], strict=True)])
+    rows.append(mean_row("sft/gold_reward", sft_eval_gold, **common))
+    rows.append(proportion_row("sft/gold_accuracy", int((sft_eval_gold == 1).sum()), len(eval_set), **common))
+
+    def evaluate(state, it: int):
+        """Policy samples on held-out prompts: gold, proxy, KL from SFT, and the win rate over SFT answers."""
+        eval_sampler.update(nnx.merge(ppo_graphdef, state)[0])
+        prompts, tokens, mask, texts = sample_texts(eval_sampler, eval_set, jax.random.key(cfg.seed + 43))
+        p, pm = (jnp.asarray(x) for x in left_pad(prompts, prompt_len, tokenizer.pad_id))
+        scored = score_rollout(state, sft_params, rm_params, p, pm, jnp.asarray(tokens), jnp.asarray(mask))
+        g = np.asarray([gold_reward(task, q, t) for q, t in zip(eval_set, texts, strict=True)])
+        win = np.where(g > sft_eval_gold, 1.0, np.where(g == sft_eval_gold, 0.5, 0.0))
+        stopped = float(
+            np.mean([tokenizer.eos_id in t[m.astype(bool)] for t, m in zip(tokens, mask, strict=True)])
+        )
+        return {
+            "gold": g,
+            "win": win,
+            "proxy": np.asarray(scored["proxy"]),
+            "kl": np.asarray(scored["kl"]),
+            "metrics": {
+                "gold/reward": float(g.mean()),
+                "gold/accuracy": float((g == 1).mean()),
+                "gold/win_rate": float(win.mean()),
+                "gold/proxy_reward": float(np.mean(scored["proxy"])),
+                "gold/kl": float(np.mean(scored["kl"])),
+                "gold/stop_fraction": stopped,
+            },
+        }
+
+    def overopt_rows(ev, it: int) -> list[dict]:
+        extra = {"method": "ppo", "N": None, "kl": float(ev["kl"].mean()), "step": it, **common}
+        return [
+            mean_row("overopt/gold", ev["gold"], **extra),
+            mean_row("overopt/proxy", ev["proxy"], **extra),
+        ]
+
+    ppo_offset = sft_steps + opts.rm_steps
+    ppo_checkpointer = Checkpointer(ckpt / "ppo", keep=cfg.train.keep_checkpoints)
+    kl_ctl = AdaptiveKLController.from_config(ppo_cfg)
+    start = 0
+    history: list[dict] = []  # over-optimisation rows along the run, restored on resume
+    latest = ppo_checkpointer.latest_step()
+    if latest:
+        ppo_state, meta = ppo_checkpointer.restore(latest, abstract_like(ppo_state))
+        start, kl_ctl.value, history = meta["iteration"], meta["kl_coef"], meta["overopt"]
+    if start == 0:
+        ev = evaluate(ppo_state, 0)
+        ctx.tracker.log(ev["metrics"], step=ppo_offset)
+        history = overopt_rows(ev, 0)
+    base_key = jax.random.key(cfg.seed + 53)
+    train_prompts = tokenize_problems(train_problems, tokenizer)[0]
+    bar = tqdm(
+        total=opts.ppo_iterations, initial=start, desc="ppo", unit="it", dynamic_ncols=True, mininterval=1.0
+    )
+    ev = None
+    for it in range(start, opts.ppo_iterations):
+        key = jax.random.fold_in(base_key, it)
+        rng = np.random.default_rng([cfg.seed, it])
+        idx = rng.choice(len(train_problems), n_roll, replace=False)
+        batch_problems = [train_problems[i] for i in idx]
+        prompts = [train_prompts[i] for i in idx]
+        policy_sampler.update(nnx.merge(ppo_graphdef, ppo_state)[0])
+        out = policy_sampler.sample(prompts, jax.random.fold_in(key, 0))
+        p, pm = (jnp.asarray(x) for x in left_pad(prompts, prompt_len, tokenizer.pad_id))
+        response, response_mask = out.tokens, out.mask
+        scored = score_rollout(ppo_state, sft_params, rm_params, p, pm, response, response_mask)
+        adv = advantages(scored, response_mask, jnp.float32(kl_ctl.value))
+        rollout = {
+            "prompt": p,
+            "prompt_mask": pm,
+            "response": response,
+            "response_mask": response_mask,
+            "old_logprobs": scored["logp"],
+            "old_values": scored["values"],
+            "advantages": adv["advantages"],
+            "returns": adv["returns"],
+        }
+        ppo_state, stats = update(ppo_state, rollout, jax.random.fold_in(key, 1))
+        stats = {k_: float(v) for k_, v in jax.device_get(stats).items()}
+        if not all(np.isfinite(v) for v in stats.values()):
+            raise FloatingPointError(
+                f"ppo: non-finite loss at iteration {it + 1}; last good checkpoint: {ppo_checkpointer.latest_step()}"
+            )
+        texts = decode_responses(tokenizer, np.asarray(response), np.asarray(response_mask))
+        rollout_gold = np.mean([gold_reward(task, q, t) for q, t in zip(batch_problems, texts, strict=True)])
+        roll_stats = {k_: float(v) for k_, v in jax.device_get(adv["stats"]).items()}
+        done = it + 1
+        metrics = {
+            "ppo/kl": roll_stats["objective/kl"],
+            "ppo/score": roll_stats["objective/scores"],
+            "ppo/proxy_reward": float(np.mean(scored["proxy"])),
+            "ppo/non_score_reward": roll_stats["objective/non_score_reward"],
+            "ppo/response_length": roll_stats["objective/response_length"],
+            "ppo/kl_coef": kl_ctl.value,
+            "ppo/gold_reward": float(rollout_gold),
+            **{f"ppo/{k_.replace('/', '_')}": v for k_, v in stats.items()},
+        }
+        kl_ctl.update(roll_stats["objective/kl"], n_roll)
+        ctx.tracker.log(metrics, step=ppo_offset + done)
+        if done % opts.eval_every == 0 or done == opts.ppo_iterations:
+            ev = evaluate(ppo_state, done)
+            ctx.tracker.log(ev["metrics"], step=ppo_offset + done)
+            history += overopt_rows(ev, done)
+        if done % opts.checkpoint_every == 0 or done == opts.ppo_iterations:
+            meta = {"iteration": done, "kl_coef": kl_ctl.value, "overopt": history}
+            ppo_checkpointer.save(ppo_offset + done, ppo_state, meta)
+        bar.update(1)
+        bar.set_postfix(kl=f"{metrics['ppo/kl']:.2f}", gold=f"{rollout_gold:.3f}", refresh=False)
+    bar.close()
+    ppo_checkpointer.close()
+
+    # --- results ---------------------------------------------------------------------------------------------
+    if ev is None:  # a resumed run that had already finished PPO: re-measure the final policy
+        ev = evaluate(ppo_state, opts.ppo_iterations)
+    rows += history
+    rows.append(mean_row("ppo/gold_reward", ev["gold"], **common))
+    rows.append(proportion_row("ppo/gold_accuracy", int((ev["gold"] == 1).sum()), len(eval_set), **common))
+    rows.append(mean_row("gold/win_rate", ev["win"], **common))
+    wins, losses = int((ev["win"] == 1).sum()), int((ev["win"] == 0).sum())
+    rows.append(proportion_row("gold/win_rate_decisive", wins, wins + losses, **common))
+    ctx.tracker.table("results", rows)
+    summary = {
+        r["metric"]: r["value"]
+        for r in rows
+        if r["metric"].split("/")[0] in ("rm", "labeller", "sft", "ppo", "gold")
+    }
+    ctx.tracker.summary(summary)
+    win_row = next(r for r in rows if r["metric"] == "gold/win_rate")
+    print(
+        f"labeller agreement with gold {summary['labeller/gold_agreement']:.3f}   RM accuracy on gold pairs "
+        f"{summary['rm/accuracy_gold']:.3f}   gold reward SFT {summary['sft/gold_reward']:.3f} -> PPO "
+        f"{summary['ppo/gold_reward']:.3f}   win rate {win_row['value']:.3f} "
+        f"[{win_row['ci_low']:.3f}, {win_row['ci_high']:.3f}]   run folder {ctx.run_dir}"
+    )
+
+
+EXPERIMENT = Experiment(
+    name="rlhf",
+    description="SFT -> simulated-labeller rankings -> reward model -> PPO, scored by gold; best-of-N over-optimisation.",
+    options=RLHFOptions,
+    run=run,
+)
