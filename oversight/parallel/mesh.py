@@ -128,11 +128,17 @@ def batch_sharding(mesh: jax.sharding.Mesh, rules: dict[str, list[str]], ndim: i
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: dict[str, list[str]]) -> dict:
-    """Place a host batch on the mesh. Each process passes its own rows (the whole batch on one host)."""
-    return {
-        k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, np.ndim(v)), np.asarray(v))
-        for k, v in batch.items()
-    }
+    """Place a global host batch on the mesh; each device takes its own rows.
+
+    Batches are a pure function of (seed, step), so on a multi-host job every process builds the same global
+    batch and copies only the rows its own devices hold.
+    """
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        sharding = batch_sharding(mesh, rules, value.ndim)
+        out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+    return out
 
 
 def init_sharded(make, mesh: jax.sharding.Mesh, rules: dict[str, list[str]]):
