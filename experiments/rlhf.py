@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from experiments.common import (
@@ -50,7 +51,7 @@ from experiments.common import (
 from oversight.data.tokenizer import load_tokenizer
 from oversight.models import build_model_config
 from oversight.overseers import GoldOverseer, HumanCapacity, RankingCollector, SimulatedHuman
-from oversight.parallel import shard_batch
+from oversight.parallel import batch_sharding, shard_batch
 from oversight.registry import Experiment, RunContext
 from oversight.sampling import Sampler, SamplingConfig
 from oversight.sampling.generate import left_pad
@@ -98,27 +99,27 @@ class RLHFOptions:
     # Fraction of those rankings held out to measure the reward model.
     rm_heldout_fraction: float = 0.25
     # Units the labeller can check per response.
-    labeller_budget: int = 2
+    labeller_budget: int = 3
     # Per check: probability the labeller misses a wrong unit.
-    labeller_miss_rate: float = 0.2
+    labeller_miss_rate: float = 0.05
     # Per check: probability a right unit looks wrong to the labeller.
-    labeller_false_alarm_rate: float = 0.1
+    labeller_false_alarm_rate: float = 0.02
     # Which units it checks: "random" or "in_order".
     labeller_order: str = "random"
     # --- reward model
-    rm_steps: int = 80
+    rm_steps: int = 150
     rm_batch_size: int = 16
     rm_learning_rate: float = 3e-4
     # Normalise the reward to std 1 on SFT samples as well as mean 0.
     rm_normalize_std: bool = True
     # --- PPO
-    ppo_iterations: int = 40
+    ppo_iterations: int = 30
     # Prompts per rollout batch (one response each).
     rollout_batch: int = 64
-    ppo_learning_rate: float = 1e-4
+    ppo_learning_rate: float = 3e-5
     ppo_epochs: int = 4
     ppo_minibatches: int = 4
-    kl_coef: float = 0.02
+    kl_coef: float = 0.1
     # Adaptive KL target (summed KL per response, nats); null = fixed β.
     kl_target: float | None = None
     kl_horizon: int = 10000
@@ -135,7 +136,7 @@ class RLHFOptions:
     eval_every: int = 5
     checkpoint_every: int = 10
     # Held-out prompts for PPO evaluation (win rate, gold, proxy, KL); at most task.num_eval.
-    eval_prompts: int = 128
+    eval_prompts: int = 256
     # --- over-optimisation: best-of-N
     # Held-out prompts with `bon_max_n` SFT samples each.
     bon_prompts: int = 32
@@ -178,6 +179,40 @@ def mean_row(metric: str, values, seed: int = 0, **extra) -> dict:
         "n": len(values),
         **extra,
     }
+
+
+def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shardings, mesh, rules):
+    """Phase 3 of a PPO iteration, jitted with explicit shardings: (state, rollout, key) -> (state, mean stats).
+
+    `epochs` fresh permutations of the rollout batch, each split into `minibatches` minibatches, one optimizer
+    step per minibatch. The state (policy + value head and optimizer) keeps its logical shardings; every
+    rollout array is split on its leading (batch) dimension over the mesh's batch axes; the key is replicated.
+    """
+
+    def update(state, rollout, key):
+        def minibatch_step(state, idx):
+            batch = jax.tree.map(lambda x: x[idx], rollout)
+            model, optimizer = nnx.merge(graphdef, state)
+            loss_fn = lambda m: ppo_loss(m, batch, ppo_cfg)  # noqa: E731
+            (loss, stats), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+            optimizer.update(model, grads)
+            stats = {**stats, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+            return nnx.state((model, optimizer)), stats
+
+        def epoch(state, key):
+            idx = minibatch_indices(rollout_batch, ppo_cfg.minibatches, key)
+            return jax.lax.scan(minibatch_step, state, idx)
+
+        state, stats = jax.lax.scan(epoch, state, jax.random.split(key, ppo_cfg.epochs))
+        return state, jax.tree.map(jnp.mean, stats)
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        update,
+        in_shardings=(state_shardings, batch_sharding(mesh, rules), replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
 
 
 def run(ctx: RunContext) -> None:
@@ -500,26 +535,7 @@ def run(ctx: RunContext) -> None:
             ppo_cfg,
         )
 
-    def update(state, rollout, key):
-        """Phase 3: `epochs` fresh permutations of `minibatches` minibatches, one optimizer step each."""
-
-        def minibatch_step(state, idx):
-            batch = jax.tree.map(lambda x: x[idx], rollout)
-            model, optimizer = nnx.merge(ppo_graphdef, state)
-            (loss, stats), grads = nnx.value_and_grad(lambda m: ppo_loss(m, batch, ppo_cfg), has_aux=True)(
-                model
-            )
-            optimizer.update(model, grads)
-            stats = {**stats, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-            return nnx.state((model, optimizer)), stats
-
-        def epoch(state, key):
-            return jax.lax.scan(minibatch_step, state, minibatch_indices(n_roll, ppo_cfg.minibatches, key))
-
-        state, stats = jax.lax.scan(epoch, state, jax.random.split(key, ppo_cfg.epochs))
-        return state, jax.tree.map(jnp.mean, stats)
-
-    update = jax.jit(update, donate_argnums=0)
+    update = make_ppo_update(ppo_graphdef, ppo_cfg, n_roll, ppo_shardings, mesh, rules)
 
     policy_sampler = make_sampler(policy, n_roll)
     eval_set = eval_problems[: opts.eval_prompts]
@@ -603,6 +619,7 @@ def run(ctx: RunContext) -> None:
             "advantages": adv["advantages"],
             "returns": adv["returns"],
         }
+        rollout = jax.device_put(rollout, batch_sharding(mesh, rules))  # rows over the mesh's batch axes
         ppo_state, stats = update(ppo_state, rollout, jax.random.fold_in(key, 1))
         stats = {k_: float(v) for k_, v in jax.device_get(stats).items()}
         if not all(np.isfinite(v) for v in stats.values()):

@@ -377,7 +377,10 @@ def ppo_objective(
         values_clipped = old_values + jnp.clip(values - old_values, -cfg.clip_value, cfg.clip_value)
         vf_losses_clipped = jnp.square(values_clipped - returns)
         vf_loss = 0.5 * masked_mean(jnp.maximum(vf_losses, vf_losses_clipped), mask)
-        vf_clipfrac = masked_mean((vf_losses_clipped > vf_losses).astype(jnp.float32), mask)
+        # Tokens where clipping changed the loss. Requiring the clip to be active keeps unclipped tokens (whose
+        # two losses are equal up to rounding) out of the count, so the metric does not depend on rounding.
+        clipped = (jnp.abs(values - old_values) > cfg.clip_value) & (vf_losses_clipped > vf_losses)
+        vf_clipfrac = masked_mean(clipped.astype(jnp.float32), mask)
     else:
         vf_loss = 0.5 * masked_mean(vf_losses, mask)
         vf_clipfrac = jnp.float32(0.0)
