@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from experiments.common import task_splits, tokenize_problems, train_sft
+from experiments.common import task_splits, train_sft
 from oversight.data.tokenizer import load_tokenizer
 from oversight.models import build_model_config
 from oversight.registry import Experiment, RunContext
 from oversight.stats import proportion_row
 from oversight.tasks import get_task
-
-__all__ = ["EXPERIMENT", "SFTOptions", "run", "tokenize_problems"]
-
 
 @dataclass
 class SFTOptions:
