@@ -18,6 +18,7 @@ from oversight.registry import Experiment, RunContext
 from oversight.stats import proportion_row
 from oversight.tasks import get_task
 
+
 @dataclass
 class SFTOptions:
     # Held-out prompts answered greedily and scored by the gold checker at each evaluation.
