@@ -122,7 +122,8 @@ def train_sft(
     rules,
     tokenizer,
     task: Task,
-    train_problems: list[Problem],
+    train_examples: tuple[list[list[int]], list[list[int]]],
+    eval_examples: tuple[list[list[int]], list[list[int]]],
     eval_problems: list[Problem],
     checkpoint_dir: Path,
     tracker,
@@ -132,10 +133,12 @@ def train_sft(
     metric_prefix: str = "eval/",
     desc: str = "sft",
 ) -> SFTStage:
-    """Next-token training on (prompt, reference solution) pairs, with held-out loss and the gold accuracy of
-    greedy answers at each evaluation. Resumes from (or, when finished, restores) `checkpoint_dir`."""
-    train_p, train_r = tokenize_problems(train_problems, tokenizer)
-    eval_p, eval_r = tokenize_problems(eval_problems, tokenizer)
+    """Next-token training on (context, target) token pairs (`tokenize_problems` gives the plain SFT ones:
+    prompt and reference solution), with the loss on `eval_examples` and the gold accuracy of greedy answers
+    to `eval_problems` at each evaluation. Resumes from (or, when finished, restores) `checkpoint_dir`."""
+    train_p, train_r = train_examples
+    eval_p, eval_r = eval_examples
+    answer_prompts = tokenize_problems(eval_problems, tokenizer)[0]
     longest = max(len(p) + len(r) for p, r in zip(train_p + eval_p, train_r + eval_r, strict=True))
     length = min(model_cfg.max_seq_len, round_up(longest))
     train_data = pack_examples(train_p, train_r, length, tokenizer.pad_id)
@@ -163,7 +166,7 @@ def train_sft(
 
     def gold_accuracy(state) -> tuple[int, int]:
         sampler.update(nnx.merge(graphdef, state)[0])
-        out = sampler.sample(eval_p[: len(scored)], jax.random.key(0))
+        out = sampler.sample(answer_prompts[: len(scored)], jax.random.key(0))
         texts = decode_responses(tokenizer, out.tokens, out.mask)
         correct = sum(bool(task.check(p, t).correct) for p, t in zip(scored, texts, strict=True))
         return correct, len(scored)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from experiments.common import task_splits, train_sft
+from experiments.common import task_splits, tokenize_problems, train_sft
 from oversight.data.tokenizer import load_tokenizer
 from oversight.models import build_model_config
 from oversight.registry import Experiment, RunContext
@@ -43,7 +43,8 @@ def run(ctx: RunContext) -> None:
         rules=cfg.mesh.rules,
         tokenizer=tokenizer,
         task=task,
-        train_problems=train_problems,
+        train_examples=tokenize_problems(train_problems, tokenizer),
+        eval_examples=tokenize_problems(eval_problems, tokenizer),
         eval_problems=eval_problems,
         checkpoint_dir=ctx.run_dir / "checkpoints",
         tracker=ctx.tracker,
