@@ -28,7 +28,8 @@ def bootstrap_interval(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic` over rows of `data` (resampled with replacement)."""
+    """Percentile bootstrap interval of `statistic` over rows of `data` (resampled with replacement).
+    Resamples where the statistic is undefined (NaN, e.g. an AUROC drawn with one class only) are dropped."""
     data = np.asarray(data)
     if len(data) == 0:
         return (float("nan"), float("nan"))
@@ -36,7 +37,9 @@ def bootstrap_interval(
     idx = rng.integers(0, len(data), size=(n_resamples, len(data)))
     stats = np.array([statistic(data[i]) for i in idx])
     alpha = (1 - level) / 2
-    return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)))
+    if np.isnan(stats).all():
+        return (float("nan"), float("nan"))
+    return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))
 
 
 def proportion_row(metric: str, successes: int, n: int, **extra) -> dict:
@@ -48,5 +51,33 @@ def proportion_row(metric: str, successes: int, n: int, **extra) -> dict:
         "ci_low": lo,
         "ci_high": hi,
         "n": n,
+        **extra,
+    }
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random negative,
+    ties counting one half (the Mann–Whitney statistic). NaN when either class is absent."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def bootstrap_row(
+    metric: str, data: np.ndarray, statistic: Callable[[np.ndarray], float], bootstrap_seed: int = 0, **extra
+) -> dict:
+    """A results-table row for any statistic of rows of `data`: point estimate, percentile bootstrap 95%
+    interval over rows (pairs stay together, so a difference of paired columns gets a paired interval), n."""
+    lo, hi = bootstrap_interval(data, statistic, seed=bootstrap_seed)
+    return {
+        "metric": metric,
+        "value": float(statistic(np.asarray(data))) if len(data) else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": len(data),
         **extra,
     }
