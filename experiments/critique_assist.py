@@ -1,0 +1,231 @@
+"""Critique assistance: does a capacity-limited overseer find more flaws when shown model critiques, at the
+same budget? (Saunders et al. 2022's randomised comparison; published anchor: about 50% more flaws found.)
+
+    oversight experiment=critique_assist                          # addition, a few minutes on 2 CPU cores
+    oversight -m experiment=critique_assist task=addition,sorting   # the comparison on two tasks
+
+A critique model is trained as in `gdc_gap` (`experiments.critique`), then a simulated overseer
+(`SimulatedHuman`: `budget` local checks per response, per-check miss and false-alarm rates, reading units
+`in_order` from the top by default) reviews the same held-out responses in three arms:
+
+- `unassisted`: no critiques;
+- `assisted`: `k` critiques sampled from the model (temperature 1), checked first, within the same budget;
+- `gold_critique`: the true critique of the injected flaw ("no flaw" on clean responses), the ceiling of
+  what a critique can do for this overseer.
+
+Three response sets: `clean` (reference solutions, for false alarms), `flawed` (one injected flaw where
+the injector puts it), and `misleading`: per problem, of `misleading_draws` injected flaws, the one placed
+last, where a reader who checks from the top runs out of budget — the simulated counterpart of the
+deliberately misleading answers Saunders et al. had humans write.
+
+Results (`results.jsonl`, 95% intervals): per set and arm, `assist/found` (the overseer names the injected
+flaw's unit), `assist/flagged` (it judges the response flawed), `assist/false_alarm` on clean responses;
+per set, `assist/relative_increase` = found(assisted) / found(unassisted) − 1 (paired bootstrap), and
+`assist/critiques_valid` (shown critiques that gold confirms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from experiments.common import task_splits
+from experiments.critique import CritiqueModel, gold_critique_text, train_critique_model
+from oversight.data.tokenizer import load_tokenizer
+from oversight.models import build_model_config
+from oversight.overseers import HumanCapacity, SimulatedHuman
+from oversight.registry import Experiment, RunContext
+from oversight.stats import bootstrap_row, proportion_row
+from oversight.tasks import get_task
+from oversight.tasks.base import LabelledResponse, Problem, Task
+
+ARMS = ("unassisted", "assisted", "gold_critique")
+
+
+@dataclass
+class CritiqueAssistOptions:
+    # Held-out problems per response set (clean, flawed, misleading).
+    responses_per_set: int = 128
+    # Critiques shown per response in the assisted arm.
+    k: int = 4
+    # Injected flaws drawn per problem to pick the misleading (last-placed) one from.
+    misleading_draws: int = 8
+    # The overseer: local checks per response, per-check error rates, the order it reads units in.
+    budget: int = 2
+    miss_rate: float = 0.1
+    false_alarm_rate: float = 0.05
+    order: str = "in_order"
+    # Generation budget of answers (critiques are short).
+    max_new_tokens: int = 16
+
+
+def misleading_response(task: Task, problem: Problem, draws: int, seed: int) -> LabelledResponse:
+    """Of `draws` injected flaws, the one placed last (ties: the first drawn)."""
+    best = None
+    for i in range(draws):
+        text, record = task.inject_flaw(problem, seed=seed * 1_000 + i)
+        if best is None or record.location > best.flaw.location:
+            best = LabelledResponse(problem, text, record)
+    return best
+
+
+@dataclass(frozen=True)
+class ArmOutcome:
+    """Per response of a set, what one arm's overseer concluded. Arrays (R,)."""
+
+    found: np.ndarray  # named the injected flaw's unit
+    flagged: np.ndarray  # judged the response flawed
+
+
+def review_arm(
+    overseer: SimulatedHuman, task: Task, items: list[LabelledResponse], critiques: list[list[str]]
+) -> ArmOutcome:
+    found, flagged = [], []
+    for item, shown in zip(items, critiques, strict=True):
+        report = overseer.review(item.problem, item.response, shown, task)
+        flagged.append(report.flawed)
+        found.append(item.flaw is not None and item.flaw.location in report.locations)
+    return ArmOutcome(np.array(found), np.array(flagged))
+
+
+def assistance_rows(
+    set_name: str, outcomes: dict[str, ArmOutcome], flawed: bool, bootstrap_seed: int = 0, **extra
+) -> list[dict]:
+    """Rows for one response set: found/flagged (flawed sets) or false alarms (clean), per arm, and the
+    relative increase in flaws found with model critiques."""
+    rows = []
+    for arm, out in outcomes.items():
+        n = len(out.flagged)
+        if flawed:
+            rows.append(
+                proportion_row("assist/found", int(out.found.sum()), n, set=set_name, arm=arm, **extra)
+            )
+            rows.append(
+                proportion_row("assist/flagged", int(out.flagged.sum()), n, set=set_name, arm=arm, **extra)
+            )
+        else:
+            rows.append(
+                proportion_row(
+                    "assist/false_alarm", int(out.flagged.sum()), n, set=set_name, arm=arm, **extra
+                )
+            )
+    if flawed:
+        pairs = np.stack([outcomes["assisted"].found, outcomes["unassisted"].found], axis=1).astype(float)
+
+        def relative_increase(x: np.ndarray) -> float:
+            base = x[:, 1].mean()
+            return x[:, 0].mean() / base - 1.0 if base > 0 else float("nan")
+
+        rows.append(
+            bootstrap_row(
+                "assist/relative_increase",
+                pairs,
+                relative_increase,
+                bootstrap_seed=bootstrap_seed,
+                set=set_name,
+                arm="assisted",
+                **extra,
+            )
+        )
+    return rows
+
+
+def run(ctx: RunContext) -> None:
+    cfg, opts = ctx.cfg, ctx.options
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    model_cfg = build_model_config(cfg.model, tokenizer)
+    task = get_task(cfg.task.name, **cfg.task.options)
+    train_problems, eval_problems = task_splits(task, cfg)
+    if len(eval_problems) < 2 * opts.responses_per_set:
+        raise ValueError(
+            f"experiment.responses_per_set={opts.responses_per_set} needs {2 * opts.responses_per_set} "
+            f"held-out problems but task.num_eval gives {len(eval_problems)}; raise task.num_eval"
+        )
+    capacity = HumanCapacity(
+        budget=opts.budget,
+        miss_rate=opts.miss_rate,
+        false_alarm_rate=opts.false_alarm_rate,
+        order=opts.order,
+        assistance="check_first",
+    )
+    stage = train_critique_model(
+        train_cfg=cfg.train,
+        model_cfg=model_cfg,
+        seed=cfg.seed,
+        mesh=ctx.mesh,
+        rules=cfg.mesh.rules,
+        tokenizer=tokenizer,
+        task=task,
+        train_problems=train_problems,
+        eval_problems=eval_problems,
+        checkpoint_dir=ctx.run_dir / "checkpoints",
+        tracker=ctx.tracker,
+        max_new_tokens=opts.max_new_tokens,
+    )
+    cm = CritiqueModel(stage.model(), tokenizer, opts.max_new_tokens)
+    key = jax.random.key(cfg.seed)
+
+    # Response sets: the first half of the held-out problems gives clean and flawed responses, the second
+    # half misleading ones (no problem appears flawed twice).
+    n = opts.responses_per_set
+    first, second = eval_problems[:n], eval_problems[n : 2 * n]
+    sets = {
+        "clean": [LabelledResponse(p, p.solution, None) for p in first],
+        "flawed": task.labelled_responses(first, seed=cfg.seed + 17, flawed_fraction=1.0),
+        "misleading": [
+            misleading_response(task, p, opts.misleading_draws, cfg.seed + i) for i, p in enumerate(second)
+        ],
+    }
+    common = {"task": task.name, "difficulty": cfg.task.difficulty, "k": opts.k}
+    common |= {"budget": opts.budget, "order": opts.order}
+    rows: list[dict] = []
+    for s, (set_name, items) in enumerate(sets.items()):
+        # k sampled critiques per response, one batch
+        problems = [it.problem for it in items for _ in range(opts.k)]
+        responses = [it.response for it in items for _ in range(opts.k)]
+        sampled = cm.critiques(problems, responses, jax.random.fold_in(key, s), temperature=1.0)
+        model_critiques = [sampled[i * opts.k : (i + 1) * opts.k] for i in range(len(items))]
+        valid = [
+            task.check_critique(p, r, c).valid for p, r, c in zip(problems, responses, sampled, strict=True)
+        ]
+        rows.append(
+            proportion_row("assist/critiques_valid", int(sum(valid)), len(valid), set=set_name, **common)
+        )
+        shown = {
+            "unassisted": [[] for _ in items],
+            "assisted": model_critiques,
+            "gold_critique": [[gold_critique_text(task, it)] for it in items],
+        }
+        # every arm's overseer starts from the same seed: the arms differ only in the critiques shown
+        outcomes = {
+            arm: review_arm(SimulatedHuman(capacity, task, seed=cfg.seed + 1000 * s), task, items, shown[arm])
+            for arm in ARMS
+        }
+        rows += assistance_rows(set_name, outcomes, set_name != "clean", bootstrap_seed=cfg.seed, **common)
+
+    ctx.tracker.table("results", rows)
+    ctx.tracker.summary(
+        {f"{r['metric']}/{r['set']}/{r.get('arm', '')}".rstrip("/"): r["value"] for r in rows}
+    )
+    print(format_table(rows))
+    print(f"run folder {ctx.run_dir}")
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| set | arm | metric | value | 95% interval | n |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['set']} | {r.get('arm', '')} | {r['metric']} | {r['value']:.3f} | "
+            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['n']} |"
+        )
+    return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="critique_assist",
+    description="Flaws a capacity-limited overseer finds with vs without model critiques, at equal budget.",
+    options=CritiqueAssistOptions,
+    run=run,
+)

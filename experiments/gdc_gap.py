@@ -1,0 +1,293 @@
+"""The generator–discriminator–critique gap with injected flaws (Saunders et al. 2022, DESIGN.md §4).
+
+    oversight experiment=gdc_gap                                   # addition, tiny model, a few minutes
+    oversight -m experiment=gdc_gap model=tiny,small,medium seed=0,1,2   # gaps against model size
+
+One critique model (`experiments.critique`) is trained on every head, then measured from its own weights:
+
+- **D**: on a balanced held-out set (half the responses carry one injected flaw), accuracy of
+  P(flawed) > 1/2 and its AUROC.
+- **C**: on the same set, the classifier implied by its greedy critiques: right on a flawed response only if
+  gold confirms the critique names the injected flaw with a right correction, right on a clean one only if
+  it says "no flaw". Also: inclusion of the injected flaw (pointer only), hallucinated flaws (claimed units
+  that are fine, among critiques claiming one), false alarms on clean responses.
+- **DC gap** = D − C, paired bootstrap over responses (positive: it knows of flaws it does not say).
+- **G**: gold accuracy of its own sampled answers (N per problem, temperature 1). **GD gap**: gold accuracy of
+  the sample it judges least likely flawed, minus G; **GC gap**: of the first sample its critique passes
+  ("no flaw"; the first sample if none passes), minus G. Paired bootstrap over problems. The best-of-N
+  oracle (any sample correct) bounds both.
+- The helpfulness head's accuracy on its own critiques (against gold validity) and the gold accuracy of
+  refinements of flawed responses given its own critique.
+
+Every row of `results.jsonl` carries a 95% interval and n; D and C are also reported per flaw type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from experiments.common import task_splits
+from experiments.critique import CritiqueModel, train_critique_model
+from oversight.data.tokenizer import load_tokenizer
+from oversight.models import build_model_config
+from oversight.registry import Experiment, RunContext
+from oversight.stats import auroc, bootstrap_row, proportion_row
+from oversight.tasks import get_task
+from oversight.tasks.base import Problem, Task
+
+
+@dataclass
+class GDCOptions:
+    # Size of the balanced discrimination/critique set (held-out problems; half get an injected flaw).
+    eval_responses: int = 256
+    # Held-out problems answered N times for G and the best-of-N selections.
+    bon_problems: int = 64
+    # Samples per problem (N of best-of-N).
+    bon_n: int = 8
+    # Generation budget of answers and refinements.
+    max_new_tokens: int = 48
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics: pure functions of the model's outputs and gold, so a case with a known answer can test them
+
+
+@dataclass(frozen=True)
+class ResponseJudgements:
+    """What the model said about each response of a balanced set, next to gold. All arrays (R,)."""
+
+    # gold: the response carries an injected flaw
+    flawed: np.ndarray
+    # the injected flaw's type ("" on clean responses)
+    flaw_type: np.ndarray
+    # discriminator P(flawed)
+    p_flawed: np.ndarray
+    # its critique claims a flaw
+    claims_flaw: np.ndarray
+    # the claimed unit really fails gold's local check
+    real_flaw: np.ndarray
+    # it points at the injected flaw's unit
+    names_injected: np.ndarray
+    # gold: the critique is valid (a real flaw with the right correction, or "no flaw" on a clean response)
+    valid: np.ndarray
+
+
+def critique_correct(j: ResponseJudgements) -> np.ndarray:
+    """DESIGN §4 C: on a flawed response, a valid critique naming the injected flaw; on a clean one, no flaw."""
+    return np.where(j.flawed, j.valid & j.names_injected, ~j.claims_flaw)
+
+
+def discrimination_critique_rows(j: ResponseJudgements, bootstrap_seed: int = 0, **extra) -> list[dict]:
+    """D (accuracy, AUROC), C (accuracy, inclusion, hallucination, false alarms) and the DC gap."""
+    flawed = j.flawed.astype(bool)
+    d_right = (j.p_flawed > 0.5) == flawed
+    c_right = critique_correct(j)
+    claims = j.claims_flaw.astype(bool)
+    rows = [
+        proportion_row("D/accuracy", int(d_right.sum()), len(d_right), **extra),
+        bootstrap_row(
+            "D/auroc",
+            np.stack([j.p_flawed, flawed], axis=1),
+            lambda x: auroc(x[:, 0], x[:, 1] > 0.5),
+            bootstrap_seed=bootstrap_seed,
+            **extra,
+        ),
+        proportion_row("C/accuracy", int(c_right.sum()), len(c_right), **extra),
+        proportion_row("C/inclusion", int(j.names_injected[flawed].sum()), int(flawed.sum()), **extra),
+        proportion_row(
+            "C/hallucinated", int((claims & ~j.real_flaw.astype(bool)).sum()), int(claims.sum()), **extra
+        ),
+        proportion_row("C/false_alarm", int(claims[~flawed].sum()), int((~flawed).sum()), **extra),
+        bootstrap_row(
+            "gap/DC",
+            np.stack([d_right, c_right], axis=1).astype(np.float64),
+            lambda x: x[:, 0].mean() - x[:, 1].mean(),
+            bootstrap_seed=bootstrap_seed,
+            **extra,
+        ),
+    ]
+    return rows
+
+
+def per_flaw_type_rows(j: ResponseJudgements, **extra) -> list[dict]:
+    """Per flaw type, on its flawed responses: how often D flags them and C names the flaw correctly."""
+    rows = []
+    c_right = critique_correct(j)
+    for flaw_type in sorted(set(j.flaw_type[j.flawed.astype(bool)].tolist())):
+        sel = j.flawed.astype(bool) & (j.flaw_type == flaw_type)
+        n = int(sel.sum())
+        rows.append(
+            proportion_row("D/recall", int((j.p_flawed[sel] > 0.5).sum()), n, flaw_type=flaw_type, **extra)
+        )
+        rows.append(proportion_row("C/recall", int(c_right[sel].sum()), n, flaw_type=flaw_type, **extra))
+    return rows
+
+
+def selection_rows(
+    correct: np.ndarray, p_flawed: np.ndarray, passes: np.ndarray, bootstrap_seed: int = 0, **extra
+) -> list[dict]:
+    """G, best-of-N by D and by C, their gaps to G, and the oracle; inputs (P, N) per problem and sample.
+
+    `correct`: gold; `p_flawed`: discriminator; `passes`: the critique of the sample says "no flaw". D picks
+    the sample with the lowest P(flawed) (first on ties); C picks the first passing sample (the first sample
+    if none passes) — samples are exchangeable draws, so "first" is a uniformly random choice."""
+    correct = np.asarray(correct, np.float64)
+    n_problems = correct.shape[0]
+    rows_idx = np.arange(n_problems)
+    by_d = correct[rows_idx, np.argmin(p_flawed, axis=1)]  # (P,)
+    by_c = correct[rows_idx, np.argmax(passes, axis=1)]  # argmax: first True, else 0
+    per_problem = np.stack([correct.mean(axis=1), by_d, by_c, correct.max(axis=1)], axis=1)  # (P, 4)
+    n = correct.shape[1]
+
+    def col(i):
+        return lambda x: x[:, i].mean()
+
+    def gap(i):
+        return lambda x: x[:, i].mean() - x[:, 0].mean()
+
+    return [
+        bootstrap_row("G/accuracy", per_problem, col(0), bootstrap_seed=bootstrap_seed, N=n, **extra),
+        bootstrap_row("G/best_of_n_by_D", per_problem, col(1), bootstrap_seed=bootstrap_seed, N=n, **extra),
+        bootstrap_row("G/best_of_n_by_C", per_problem, col(2), bootstrap_seed=bootstrap_seed, N=n, **extra),
+        bootstrap_row("G/best_of_n_oracle", per_problem, col(3), bootstrap_seed=bootstrap_seed, N=n, **extra),
+        bootstrap_row("gap/GD", per_problem, gap(1), bootstrap_seed=bootstrap_seed, N=n, **extra),
+        bootstrap_row("gap/GC", per_problem, gap(2), bootstrap_seed=bootstrap_seed, N=n, **extra),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The experiment
+
+
+def judge_responses(
+    cm: CritiqueModel, task: Task, items, key: jax.Array
+) -> tuple[ResponseJudgements, list[str]]:
+    """Discriminator and greedy critiques of a labelled set, with gold's verdicts on the critiques."""
+    problems = [it.problem for it in items]
+    responses = [it.response for it in items]
+    p_flawed = cm.flaw_probability(problems, responses)
+    critiques = cm.critiques(problems, responses, key)
+    verdicts = [
+        task.check_critique(it.problem, it.response, c, it.flaw)
+        for it, c in zip(items, critiques, strict=True)
+    ]
+    judgements = ResponseJudgements(
+        flawed=np.array([it.flaw is not None for it in items]),
+        flaw_type=np.array([it.flaw.flaw_type if it.flaw else "" for it in items]),
+        p_flawed=p_flawed,
+        claims_flaw=np.array([v.claims_flaw for v in verdicts]),
+        real_flaw=np.array([v.real_flaw for v in verdicts]),
+        names_injected=np.array([bool(v.names_injected) for v in verdicts]),
+        valid=np.array([v.valid for v in verdicts]),
+    )
+    return judgements, critiques
+
+
+def says_no_flaw(task: Task, critique: str) -> bool:
+    parsed = task.parse_critique(critique)
+    return parsed is not None and parsed.location is None
+
+
+def run(ctx: RunContext) -> None:
+    cfg, opts = ctx.cfg, ctx.options
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    model_cfg = build_model_config(cfg.model, tokenizer)
+    task = get_task(cfg.task.name, **cfg.task.options)
+    train_problems, eval_problems = task_splits(task, cfg)
+    need = max(opts.eval_responses, opts.bon_problems)
+    if len(eval_problems) < need:
+        raise ValueError(
+            f"experiment.eval_responses/bon_problems need {need} held-out problems but task.num_eval gives "
+            f"{len(eval_problems)} (after removing prompts seen in training); raise task.num_eval"
+        )
+    stage = train_critique_model(
+        train_cfg=cfg.train,
+        model_cfg=model_cfg,
+        seed=cfg.seed,
+        mesh=ctx.mesh,
+        rules=cfg.mesh.rules,
+        tokenizer=tokenizer,
+        task=task,
+        train_problems=train_problems,
+        eval_problems=eval_problems,
+        checkpoint_dir=ctx.run_dir / "checkpoints",
+        tracker=ctx.tracker,
+        max_new_tokens=opts.max_new_tokens,
+    )
+    cm = CritiqueModel(stage.model(), tokenizer, opts.max_new_tokens)
+    key = jax.random.key(cfg.seed)
+    common = {
+        "task": task.name,
+        "difficulty": cfg.task.difficulty,
+        "params": model_cfg.num_params(),
+        "d_model": model_cfg.d_model,
+        "n_layers": model_cfg.n_layers,
+    }
+
+    # D and C on a balanced set of held-out responses
+    items = task.labelled_responses(eval_problems[: opts.eval_responses], seed=cfg.seed + 17)
+    judgements, critiques = judge_responses(cm, task, items, jax.random.fold_in(key, 0))
+    rows = discrimination_critique_rows(judgements, bootstrap_seed=cfg.seed, flaw_type="all", **common)
+    rows += per_flaw_type_rows(judgements, **common)
+
+    # the helpfulness head on its own critiques, against gold validity
+    problems = [it.problem for it in items]
+    responses = [it.response for it in items]
+    p_helpful = cm.helpful_probability(problems, responses, critiques)
+    helpful_right = (p_helpful > 0.5) == judgements.valid
+    rows.append(proportion_row("H/accuracy", int(helpful_right.sum()), len(items), **common))
+
+    # refinement of flawed responses given its own critique
+    flawed = [i for i, it in enumerate(items) if it.flaw is not None]
+    refined = cm.refinements(
+        [problems[i] for i in flawed],
+        [responses[i] for i in flawed],
+        [critiques[i] for i in flawed],
+        jax.random.fold_in(key, 1),
+    )
+    fixed = sum(task.check(problems[i], r).correct for i, r in zip(flawed, refined, strict=True))
+    rows.append(proportion_row("R/refined_correct", int(fixed), len(flawed), **common))
+
+    # G and best-of-N selections by D and by C on its own samples
+    bon = eval_problems[: opts.bon_problems]
+    repeated: list[Problem] = [p for p in bon for _ in range(opts.bon_n)]
+    answers = cm.answers(repeated, jax.random.fold_in(key, 2))
+    correct = np.array([task.check(p, a).correct for p, a in zip(repeated, answers, strict=True)])
+    p_flawed = cm.flaw_probability(repeated, answers)
+    answer_critiques = cm.critiques(repeated, answers, jax.random.fold_in(key, 3))
+    passes = np.array([says_no_flaw(task, c) for c in answer_critiques])
+    shape = (len(bon), opts.bon_n)
+    rows += selection_rows(
+        correct.reshape(shape),
+        p_flawed.reshape(shape),
+        passes.reshape(shape),
+        bootstrap_seed=cfg.seed,
+        **common,
+    )
+
+    ctx.tracker.table("results", rows)
+    ctx.tracker.summary({r["metric"]: r["value"] for r in rows if r.get("flaw_type", "all") == "all"})
+    print(format_table(rows))
+    print(f"run folder {ctx.run_dir}")
+
+
+def format_table(rows: list[dict]) -> str:
+    """The results as a Markdown table (what the README shows)."""
+    lines = ["| metric | flaw type | value | 95% interval | n |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['metric']} | {r.get('flaw_type', 'all')} | {r['value']:.3f} | "
+            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['n']} |"
+        )
+    return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="gdc_gap",
+    description="Generator-discriminator-critique gaps of one critique model, with injected flaws.",
+    options=GDCOptions,
+    run=run,
+)

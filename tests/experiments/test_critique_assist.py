@@ -1,0 +1,115 @@
+"""Critique assistance: the misleading-response construction, the arms' bookkeeping on known cases, the
+experiment end to end, and the critique notebook on its runs."""
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+import oversight
+from experiments.critique import gold_critique_text
+from experiments.critique_assist import ArmOutcome, assistance_rows, misleading_response, review_arm
+from oversight.overseers import HumanCapacity, SimulatedHuman
+from oversight.tasks import get_task
+
+REPO = Path(oversight.__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name,difficulty", [("addition", 3), ("arithmetic", 3), ("sorting", 5)])
+def test_misleading_responses_hide_the_flaw_last(name, difficulty):
+    task = get_task(name)
+    for i, problem in enumerate(task.sample(20, difficulty, seed=2)):
+        item = misleading_response(task, problem, draws=8, seed=i)
+        locations = [task.inject_flaw(problem, seed=i * 1_000 + d)[1].location for d in range(8)]
+        assert item.flaw.location == max(locations)
+        assert task.check(problem, item.response).first_error == item.flaw.location
+
+
+def test_an_exact_overseer_finds_what_its_budget_reaches_and_what_critiques_point_at():
+    task = get_task("addition")
+    items = task.labelled_responses(task.sample(60, 3, seed=4), seed=0, flawed_fraction=1.0)
+    exact = HumanCapacity(
+        budget=1, order="in_order"
+    )  # no noise: checks unit 0 only, unless pointed elsewhere
+    unassisted = review_arm(SimulatedHuman(exact, task), task, items, [[] for _ in items])
+    gold = review_arm(
+        SimulatedHuman(exact, task), task, items, [[gold_critique_text(task, it)] for it in items]
+    )
+    at_top = np.array([it.flaw.location == 0 for it in items])
+    assert 0 < at_top.sum() < len(items)
+    np.testing.assert_array_equal(unassisted.found, at_top)
+    assert gold.found.all() and gold.flagged.all()
+    # a critique pointing at a fine unit spends the budget there: nothing found
+    wrong = [
+        [task.render_critique(type(it.flaw.critique())((it.flaw.location + 1) % 5, "0"))] for it in items
+    ]
+    misled = review_arm(SimulatedHuman(exact, task), task, items, wrong)
+    assert not misled.found.any()
+
+
+def test_assistance_rows_on_a_known_case():
+    outcomes = {
+        "unassisted": ArmOutcome(
+            np.array([1, 0, 0, 0, 1, 0, 0, 0], bool), np.array([1, 0, 0, 1, 1, 0, 0, 0], bool)
+        ),
+        "assisted": ArmOutcome(
+            np.array([1, 1, 1, 0, 1, 0, 0, 0], bool), np.array([1, 1, 1, 0, 1, 0, 0, 1], bool)
+        ),
+    }
+    rows = {(r["metric"], r["arm"]): r for r in assistance_rows("flawed", outcomes, flawed=True)}
+    assert rows["assist/found", "unassisted"]["value"] == 0.25
+    assert rows["assist/found", "assisted"]["value"] == 0.5
+    assert rows["assist/flagged", "unassisted"]["value"] == 0.375
+    assert rows["assist/relative_increase", "assisted"]["value"] == pytest.approx(1.0)  # 4/2 - 1
+    lo, hi = (
+        rows["assist/relative_increase", "assisted"]["ci_low"],
+        rows["assist/relative_increase", "assisted"]["ci_high"],
+    )
+    assert lo <= 1.0 <= hi
+    clean = {(r["metric"], r["arm"]): r for r in assistance_rows("clean", outcomes, flawed=False)}
+    assert set(clean) == {("assist/false_alarm", "unassisted"), ("assist/false_alarm", "assisted")}
+    assert clean["assist/false_alarm", "assisted"]["value"] == 0.625  # 5 of 8 flagged
+
+
+def test_critique_assist_end_to_end(critique_runs):
+    rows = [
+        json.loads(line) for line in (critique_runs / "assist" / "results.jsonl").read_text().splitlines()
+    ]
+    found = {(r["set"], r["arm"]): r for r in rows if r["metric"] == "assist/found"}
+    assert set(found) == {
+        (s, a) for s in ("flawed", "misleading") for a in ("unassisted", "assisted", "gold_critique")
+    }
+    assert all(r["n"] == 16 for r in found.values())
+    false_alarm = [r for r in rows if r["metric"] == "assist/false_alarm"]
+    assert {r["set"] for r in false_alarm} == {"clean"} and len(false_alarm) == 3
+    assert {r["set"] for r in rows if r["metric"] == "assist/critiques_valid"} == {
+        "clean",
+        "flawed",
+        "misleading",
+    }
+    assert all(r["n"] == 64 for r in rows if r["metric"] == "assist/critiques_valid")  # k = 4 per response
+    # the gold critique is the ceiling: with budget 2 and a 10% miss rate it finds most flaws
+    assert found["flawed", "gold_critique"]["value"] >= found["flawed", "unassisted"]["value"]
+    for r in rows:
+        if not np.isnan(r["value"]):
+            assert r["ci_low"] <= r["value"] <= r["ci_high"], r
+
+
+def test_the_notebook_draws_gaps_and_assistance(critique_runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSIGHT_RUNS", str(critique_runs))
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb = nbformat.read(REPO / "notebooks" / "critique.ipynb", as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell("print(len(scale), sorted(scale['metric'].unique())[:2], len(groups))")
+    )
+    NotebookClient(
+        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    assert printed.startswith("10 ['C/accuracy', 'C/inclusion'] 3"), printed
+    figures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(figures) == 2
