@@ -1,0 +1,248 @@
+"""The `debate_digits` experiment: reveals, search debaters against a fixed judge, a CLI run, its notebook."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import nbformat
+import numpy as np
+import pytest
+from flax import nnx
+from nbclient import NotebookClient
+
+import oversight
+from experiments.debate import digits as D
+from experiments.debate import protocol as P
+from oversight.stats import wilson_interval
+from oversight.tracking.runs import load_results
+
+REPO = Path(oversight.__file__).resolve().parents[1]
+
+
+def test_random_reveal_picks_k_distinct_nonzero_pixels():
+    x, *_ = D.load_split(0.25, seed=0)
+    mask = np.asarray(D.random_reveal(jax.random.key(0), jnp.asarray(x[:200]), 5))  # (200, 64)
+    assert set(np.unique(mask)) == {0.0, 1.0}
+    assert (mask.sum(1) == 5).all()
+    assert (x[:200][mask > 0] > 0).all()
+    assert (np.asarray(D.random_reveal(jax.random.key(0), jnp.asarray(x[:3]), None)) == 1).all()
+
+
+def _fixed_judge(seed=0, hidden=16):
+    graphdef, state = nnx.split(D.SparseJudge(hidden, rngs=nnx.Rngs(seed)))
+    return D.TrainedJudge(graphdef, state, k=4)
+
+
+def _brute_force(judge, x, mask, mine, other, signs):
+    """Exact minimax over every line of distinct allowed pixels, scored by the judge at the leaf."""
+
+    def value(mask, level):
+        if level == len(signs):
+            logits = judge(x[None], mask[None])[0]
+            return logits[mine] - logits[other]
+        children = [i for i in range(64) if x[i] > 0 and mask[i] == 0]
+        vals = []
+        for i in children:
+            m = mask.copy()
+            m[i] = 1
+            vals.append(value(m, level + 1))
+        return max(vals) if signs[level] > 0 else min(vals)
+
+    children = [i for i in range(64) if x[i] > 0 and mask[i] == 0]
+    root = {}
+    for i in children:
+        m = mask.copy()
+        m[i] = 1
+        root[i] = value(m, 1)
+    return root
+
+
+@pytest.mark.parametrize("signs", [(1, -1, 1), (1, 1, 1), (1, -1, -1), (1, -1)])
+def test_lookahead_with_a_full_pool_is_exact_minimax(signs):
+    judge = _fixed_judge()
+    rng = np.random.default_rng(1)
+    # Three games, each with 5 revealable pixels (6 nonzero, one already revealed in the second game).
+    xs, masks = np.zeros((3, 64), np.float32), np.zeros((3, 64), np.float32)
+    for b in range(3):
+        on = rng.choice(64, 6 if b == 1 else 5, replace=False)
+        xs[b, on] = rng.uniform(0.1, 1.0, len(on))
+        if b == 1:
+            masks[b, on[0]] = 1
+    mine, other = np.array([3, 0, 9], np.int32), np.array([7, 1, 2], np.int32)
+    fn = jax.jit(lambda *a: D._lookahead(judge.graphdef, *a, signs=signs, width=5))
+    picks = np.asarray(fn(judge.state, xs, masks, mine, other))
+    for b in range(3):
+        root = _brute_force(judge, xs[b], masks[b], mine[b], other[b], signs)
+        best = max(root.values())
+        assert root[int(picks[b])] == pytest.approx(best, abs=1e-5), (b, root, picks[b])
+        # And the pick is not trivially right: some root move is worse.
+        assert min(root.values()) < best - 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_judge():
+    x_train, y_train, x_test, y_test = D.load_split(0.25, seed=0)
+    opts = D.DigitsDebateOptions(judge_steps=500, judge_hidden=64)
+    return D.train_judge(x_train, y_train, 4, opts, seed=0), x_test[:40], y_test[:40]
+
+
+def _honest_wins(outcomes):
+    return sum(o.correct for o in outcomes), len(outcomes)
+
+
+def test_search_debaters_beat_random_ones_against_a_fixed_judge(small_judge):
+    judge, x, y = small_judge
+    rng = np.random.default_rng(0)
+    lies = [(int(t) + int(rng.integers(1, 10))) % 10 for t in y]
+    questions = [P.Question(x[i], (int(y[i]), lies[i]), correct=0, id=i) for i in range(len(y))]
+    decide = D.pixel_judge(judge)
+
+    def play(honest, liar):
+        agents = {k: D.SearchDebater(judge, k, depth=2, width=3, seed=1) for k in {honest, liar}}
+        return _honest_wins(P.debate(questions, agents[honest], agents[liar], decide, P.PixelChannel(),
+                                     P.Schedule(4), P.Budget(max_evidence=1)))  # fmt: skip
+
+    base_lo, base_hi = wilson_interval(*play("random", "random"))
+    for search in ("greedy", "lookahead"):
+        # As honest debater against a random liar: the judge is right more often than with random pixels.
+        lo, _ = wilson_interval(*play(search, "random"))
+        assert lo > base_hi, (search, "honest")
+        # As liar against a random honest debater: the judge is wrong more often.
+        _, hi = wilson_interval(*play("random", search))
+        assert hi < base_lo, (search, "liar")
+
+
+def test_debaters_reveal_only_nonzero_unrevealed_pixels_and_the_judge_sees_only_reveals(small_judge):
+    judge, x, y = small_judge
+    questions = [P.Question(x[i], (int(y[i]), (int(y[i]) + 1) % 10), correct=0, id=i) for i in range(10)]
+    seen = []
+
+    def spy(views):
+        seen.extend(v.source for v in views)
+        return D.pixel_judge(judge)(views)
+
+    greedy = D.SearchDebater(judge, "greedy")
+    outcomes = P.debate(questions, greedy, D.SearchDebater(judge, "lookahead", depth=2, width=2), spy,
+                        P.PixelChannel(), P.Schedule(6))  # fmt: skip
+    assert all(s is None for s in seen)
+    for o in outcomes:
+        pixels = [e.content[0] for t in o.transcript for e in t.evidence]
+        assert len(pixels) == len(set(pixels)) == 6
+        image = x[int(o.question_id)]
+        assert all(image[i] > 0 and e.content[1] == image[i] for t in o.transcript for e in t.evidence
+                   for i in [e.content[0]])  # fmt: skip
+
+
+def test_bad_options_fail_naming_the_key():
+    with pytest.raises(ValueError, match="experiment.pixels: 20 is outside 1..16"):
+        D._check(D.DigitsDebateOptions(pixels=[20]), 16)
+    with pytest.raises(ValueError, match="experiment.liar_label='best'"):
+        D._check(D.DigitsDebateOptions(liar_label="best"), 16)
+    with pytest.raises(ValueError, match="unknown debater 'mcts'"):
+        D._check(D.DigitsDebateOptions(agents=["mcts"]), 16)
+    with pytest.raises(ValueError, match="search_depth=4 must be in 1..search_width=3"):
+        D._check(D.DigitsDebateOptions(search_depth=4), 16)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+TINY = [
+    "experiment=debate_digits",
+    "tracker=disabled",
+    "experiment.pixels=[2,4]",
+    "experiment.max_questions=24",
+    "experiment.judge_steps=100",
+    "experiment.judge_hidden=32",
+    "experiment.agents=[random,greedy]",
+    "experiment.consultant=greedy",
+    "experiment.bootstrap=50",
+]
+
+
+def _oversight(*args: str) -> None:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one CPU device, as a user runs it (conftest forces 8 for the sharding tests)
+    proc = subprocess.run(
+        [sys.executable, "-m", "oversight.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("debate") / "run"
+    _oversight(*TINY, f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_every_protocol_with_intervals(tiny_run):
+    for name in ("config.yaml", "metrics.jsonl", "results.jsonl", "summary.json"):
+        assert (tiny_run / name).is_file(), name
+    rows = _rows(tiny_run)
+    acc = {(r["method"], r["k"]): r for r in rows if r["metric"] == "debate/accuracy"}
+    methods = {"blind judge", "random pixels", "debate greedy", "consultancy greedy", "oracle judge"}
+    assert set(acc) == {(m, k) for m in methods for k in (2, 4)}
+    for (method, _), r in acc.items():
+        # Both answer orders of 24 questions; consultancy plays each honest and dishonest.
+        assert r["n"] == (96 if method.startswith("consultancy") else 48), method
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    tenway = [r for r in rows if r["metric"] == "judge/accuracy_10way"]
+    assert sorted(r["k"] for r in tenway) == [2, 4] and all(r["n"] == 24 for r in tenway)
+    firsts = {(r["method"], r["k"]): r["n"] for r in rows if r["metric"] == "debate/accuracy_honest_first"}
+    assert firsts[("debate greedy", 4)] == 24
+    split = {r["metric"]: r for r in rows if r.get("method") == "consultancy greedy" and r["k"] == 4}
+    assert split["debate/accuracy_honest"]["n"] == split["debate/accuracy_dishonest"]["n"] == 48
+    mean = (split["debate/accuracy_honest"]["value"] + split["debate/accuracy_dishonest"]["value"]) / 2
+    assert acc[("consultancy greedy", 4)]["value"] == pytest.approx(mean)
+    elo = [r for r in rows if r["metric"] == "debate/elo" and r["k"] == 4]
+    assert sorted((r["agent"], r["side"]) for r in elo) == [
+        ("greedy", "honest"), ("greedy", "liar"), ("random", "honest"), ("random", "liar"),
+    ]  # fmt: skip
+    metrics = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert {"judge_full/loss", "judge_k2/loss", "judge_k4/loss"} <= set().union(*metrics)
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_runs_and_pools_over_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    _oversight("-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert sorted(p.parent.name for p in sweep.glob("*/results.jsonl")) == ["0", "1"]
+    assert _rows(sweep / "0") != _rows(sweep / "1")  # another split, judge and debaters per seed
+    table = D.seed_table(load_results(sweep))
+    row = table[(table["method"] == "debate greedy") & (table["k"] == 4)].iloc[0]
+    assert row["runs"] == 2 and row["games"] == 96 and row["ci_low"] <= row["mean"] <= row["ci_high"]
+    runs = [r for s in "01" for r in _rows(sweep / s) if r["metric"] == "debate/accuracy"
+            and r["method"] == "debate greedy" and r["k"] == 4]  # fmt: skip
+    assert row["mean"] == pytest.approx(np.mean([r["value"] for r in runs]))
+
+
+def test_the_notebook_plots_accuracy_against_the_evidence_budget(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSIGHT_RUNS", str(tiny_run))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb = nbformat.read(REPO / "notebooks" / "debate.ipynb", as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "print(sorted(table['method'].unique()), sorted(int(k) for k in table['k'].unique()),"
+            " table['runs'].max(), len(fig.axes), len(fig.axes[0].lines) > 0)"
+        )
+    )
+    NotebookClient(
+        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    methods = ["blind judge", "consultancy greedy", "debate greedy", "oracle judge", "random pixels"]
+    assert printed.strip() == f"{methods} [2, 4] 1 2 True"
