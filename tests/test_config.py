@@ -71,3 +71,19 @@ def test_bad_value_in_a_schema_is_an_error_naming_it():
         validate(_compose(["model.family=gpt5"]))
     with pytest.raises(ConfigError, match="wandb_mode"):
         validate(_compose(["tracker.wandb_mode=sometimes"]))
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # derived fields follow the composed width and heads, not the schema's defaults
+        (["model=bench_small"], {"n_kv_heads": 8, "head_dim": 64, "d_ff": 2048}),
+        (["model=mini"], {"n_kv_heads": 2, "head_dim": 32, "d_ff": 256}),
+        (["model.d_model=96", "model.n_heads=3"], {"n_kv_heads": 3, "head_dim": 32, "d_ff": 384}),
+        # and set explicitly they stay as set
+        (["model=llama_tiny"], {"n_kv_heads": 2, "head_dim": 32, "d_ff": 384}),
+    ],
+)
+def test_derived_model_fields_follow_the_composed_config(overrides, expected):
+    typed, _, _ = validate(_compose(overrides))
+    assert {k: getattr(typed.model, k) for k in expected} == expected
