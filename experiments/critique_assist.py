@@ -1,15 +1,16 @@
 """Critique assistance: does a capacity-limited overseer find more flaws when shown model critiques, at the
 same budget? (Saunders et al. 2022's randomised comparison; published anchor: about 50% more flaws found.)
 
-    oversight experiment=critique_assist                          # addition, a few minutes on 2 CPU cores
-    oversight -m experiment=critique_assist task=addition,sorting   # the comparison on two tasks
+    oversight experiment=critique_assist                          # +- chains, a few minutes on 2 CPU cores
+    oversight -m experiment=critique_assist task=arithmetic_pm,addition   # the comparison on two tasks
 
 A critique model is trained as in `gdc_gap` (`experiments.critique`), then a simulated overseer
 (`SimulatedHuman`: `budget` local checks per response, per-check miss and false-alarm rates, reading units
 `in_order` from the top by default) reviews the same held-out responses in three arms:
 
 - `unassisted`: no critiques;
-- `assisted`: `k` critiques sampled from the model (temperature 1), checked first, within the same budget;
+- `assisted`: `k` critiques sampled from the model (temperature 1), shown in the order of the model's own
+  helpfulness head; the overseer checks the units they point at first, within the same budget;
 - `gold_critique`: the true critique of the injected flaw ("no flaw" on clean responses), the ceiling of
   what a critique can do for this overseer.
 
@@ -20,8 +21,9 @@ deliberately misleading answers Saunders et al. had humans write.
 
 Results (`results.jsonl`, 95% intervals): per set and arm, `assist/found` (the overseer names the injected
 flaw's unit), `assist/flagged` (it judges the response flawed), `assist/false_alarm` on clean responses;
-per set, `assist/relative_increase` = found(assisted) / found(unassisted) − 1 (paired bootstrap), and
-`assist/critiques_valid` (shown critiques that gold confirms).
+per set, `assist/found_difference` = found(assisted) − found(unassisted) and `assist/relative_increase` =
+found(assisted) / found(unassisted) − 1 (paired bootstraps; the ratio is undefined when the unassisted
+overseer finds nothing), and `assist/critiques_valid` (shown critiques that gold confirms).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class CritiqueAssistOptions:
     # Injected flaws drawn per problem to pick the misleading (last-placed) one from.
     misleading_draws: int = 8
     # The overseer: local checks per response, per-check error rates, the order it reads units in.
-    budget: int = 2
+    budget: int = 1
     miss_rate: float = 0.1
     false_alarm_rate: float = 0.05
     order: str = "in_order"
@@ -94,7 +96,7 @@ def assistance_rows(
     set_name: str, outcomes: dict[str, ArmOutcome], flawed: bool, bootstrap_seed: int = 0, **extra
 ) -> list[dict]:
     """Rows for one response set: found/flagged (flawed sets) or false alarms (clean), per arm, and the
-    relative increase in flaws found with model critiques."""
+    difference and relative increase in flaws found with model critiques."""
     rows = []
     for arm, out in outcomes.items():
         n = len(out.flagged)
@@ -118,6 +120,17 @@ def assistance_rows(
             base = x[:, 1].mean()
             return x[:, 0].mean() / base - 1.0 if base > 0 else float("nan")
 
+        rows.append(
+            bootstrap_row(
+                "assist/found_difference",
+                pairs,
+                lambda x: x[:, 0].mean() - x[:, 1].mean(),
+                bootstrap_seed=bootstrap_seed,
+                set=set_name,
+                arm="assisted",
+                **extra,
+            )
+        )
         rows.append(
             bootstrap_row(
                 "assist/relative_increase",
@@ -186,7 +199,13 @@ def run(ctx: RunContext) -> None:
         problems = [it.problem for it in items for _ in range(opts.k)]
         responses = [it.response for it in items for _ in range(opts.k)]
         sampled = cm.critiques(problems, responses, jax.random.fold_in(key, s), temperature=1.0)
-        model_critiques = [sampled[i * opts.k : (i + 1) * opts.k] for i in range(len(items))]
+        # shown most-helpful first, by the model's own helpfulness head (as Saunders et al. ranked critiques):
+        # an overseer that checks where critiques point spends its budget on the best-rated first
+        helpful = cm.helpful_probability(problems, responses, sampled).reshape(len(items), opts.k)
+        model_critiques = [
+            [sampled[i * opts.k + j] for j in np.argsort(-helpful[i], kind="stable")]
+            for i in range(len(items))
+        ]
         valid = [
             task.check_critique(p, r, c).valid for p, r, c in zip(problems, responses, sampled, strict=True)
         ]

@@ -1,7 +1,7 @@
 """The generator–discriminator–critique gap with injected flaws (Saunders et al. 2022, DESIGN.md §4).
 
-    oversight experiment=gdc_gap                                   # addition, tiny model, a few minutes
-    oversight -m experiment=gdc_gap model=tiny,small,medium seed=0,1,2   # gaps against model size
+    oversight experiment=gdc_gap                                   # +- chains, tiny model, a few minutes
+    oversight -m experiment=gdc_gap model=mini,tiny,small seed=0,1,2   # gaps against model size
 
 One critique model (`experiments.critique`) is trained on every head, then measured from its own weights:
 

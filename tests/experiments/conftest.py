@@ -39,10 +39,17 @@ def _run(run_dir: Path, *overrides: str) -> None:
 @pytest.fixture(scope="session")
 def critique_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("critique_runs")
-    _run(root / "assist", "experiment=critique_assist", "task.num_eval=48", "experiment.responses_per_set=16")
+    _run(
+        root / "assist",
+        "experiment=critique_assist",
+        "task=addition",
+        "task.num_eval=48",
+        "experiment.responses_per_set=16",
+    )
     _run(
         root / "gdc",
         "experiment=gdc_gap",
+        "task=addition",
         "task.num_eval=48",
         "experiment.eval_responses=32",
         "experiment.bon_problems=8",

@@ -65,6 +65,7 @@ def test_assistance_rows_on_a_known_case():
     assert rows["assist/found", "assisted"]["value"] == 0.5
     assert rows["assist/flagged", "unassisted"]["value"] == 0.375
     assert rows["assist/relative_increase", "assisted"]["value"] == pytest.approx(1.0)  # 4/2 - 1
+    assert rows["assist/found_difference", "assisted"]["value"] == pytest.approx(0.25)  # 4/8 - 2/8
     lo, hi = (
         rows["assist/relative_increase", "assisted"]["ci_low"],
         rows["assist/relative_increase", "assisted"]["ci_high"],
@@ -92,7 +93,7 @@ def test_critique_assist_end_to_end(critique_runs):
         "misleading",
     }
     assert all(r["n"] == 64 for r in rows if r["metric"] == "assist/critiques_valid")  # k = 4 per response
-    # the gold critique is the ceiling: with budget 2 and a 10% miss rate it finds most flaws
+    # the gold critique is the ceiling: the overseer checks the unit it points at first
     assert found["flawed", "gold_critique"]["value"] >= found["flawed", "unassisted"]["value"]
     for r in rows:
         if not np.isnan(r["value"]):
