@@ -25,9 +25,12 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from oversight.models.transformer import Transformer, positions_from_mask
+from oversight.parallel import batch_sharding
 from oversight.training.sft import sft_loss
 
 
@@ -415,3 +418,37 @@ def init_value_head(
         src = source.heads[source_head]
         dst["w"][...] = src["w"][...]
         dst["b"][...] = src["b"][...]
+
+
+def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shardings, mesh, rules):
+    """Phase 3 of a PPO iteration, jitted with explicit shardings: (state, rollout, key) -> (state, mean stats).
+
+    `epochs` fresh permutations of the rollout batch, each split into `minibatches` minibatches, one optimizer
+    step per minibatch. The state (policy + value head and optimizer) keeps its logical shardings; every
+    rollout array is split on its leading (batch) dimension over the mesh's batch axes; the key is replicated.
+    """
+
+    def update(state, rollout, key):
+        def minibatch_step(state, idx):
+            batch = jax.tree.map(lambda x: x[idx], rollout)
+            model, optimizer = nnx.merge(graphdef, state)
+            loss_fn = lambda m: ppo_loss(m, batch, ppo_cfg)  # noqa: E731
+            (loss, stats), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+            optimizer.update(model, grads)
+            stats = {**stats, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+            return nnx.state((model, optimizer)), stats
+
+        def epoch(state, key):
+            idx = minibatch_indices(rollout_batch, ppo_cfg.minibatches, key)
+            return jax.lax.scan(minibatch_step, state, idx)
+
+        state, stats = jax.lax.scan(epoch, state, jax.random.split(key, ppo_cfg.epochs))
+        return state, jax.tree.map(jnp.mean, stats)
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        update,
+        in_shardings=(state_shardings, batch_sharding(mesh, rules), replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )

@@ -1,4 +1,4 @@
-"""One PPO update phase of the `rlhf` experiment (its jitted `make_ppo_update`) on 8 CPU devices equals the
+"""One PPO update phase (the jitted `make_ppo_update` the `rlhf` experiment runs) on 8 CPU devices equals the
 same phase on one device: same loss and statistics, same updated parameters and optimizer state."""
 
 import functools
@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.rlhf import make_ppo_update
 from oversight.models import ModelConfig
 from oversight.parallel import MeshConfig, make_mesh
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer
-from oversight.training.ppo import PPOConfig, response_outputs
+from oversight.training.ppo import PPOConfig, make_ppo_update, response_outputs
 
 RULES = MeshConfig().rules
 MODEL = ModelConfig(
