@@ -1,5 +1,7 @@
-"""The benchmark suite's smoke mode runs and reports every field, so the suite never rots."""
+"""The benchmark suite's smoke mode runs every workload and reports every field, so the suite never rots; its
+recompilation check catches a program compiled after warm-up."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,10 +11,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+WORKLOADS = {
+    "W1_reward_model_step": "comparisons_per_s",
+    "W2_sampling": "tokens_per_s",
+    "W3_ppo_iteration": "seconds_per_iteration",
+    "W4_sft_step": "tokens_per_s",
+}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parity
-def test_benchmark_smoke_reports_both_frameworks_and_their_ratio():
+def test_benchmark_smoke_reports_every_workload_for_both_frameworks_and_their_ratio():
     pytest.importorskip("torch")
     env = {**os.environ, "XLA_FLAGS": ""}
     proc = subprocess.run(
@@ -27,10 +43,104 @@ def test_benchmark_smoke_reports_both_frameworks_and_their_ratio():
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     machine = records[0]
     assert machine["matmul_gflops"]["peak"] > 0 and machine["malloc"]["MALLOC_MMAP_MAX_"] == "0"
-    by_framework = {r["framework"]: r for r in records if "framework" in r}
-    assert set(by_framework) == {"oversight", "pytorch"}
-    for r in by_framework.values():
-        assert r["tokens_per_s"] > 0 and 0 < r["fraction_of_peak"] and r["params"] > 0
+    assert machine["workloads"] == ["W1", "W2", "W3", "W4"]
+    for workload, figure in WORKLOADS.items():
+        rows = [r for r in records if r.get("workload") == workload]
+        by_framework = {r["framework"]: r for r in rows if "framework" in r}
+        assert {"oversight", "pytorch"} <= set(by_framework), workload
+        for r in by_framework.values():
+            assert r["model"] == "smoke" and r[figure] > 0 and r["seconds_median"] > 0
+            assert len(r["seconds_all"]) == 1
+        # The two sides did the same work: same shapes, tokens, comparisons and optimizer steps.
+        works = [r["work"] for r in by_framework.values()]
+        assert all(w == works[0] for w in works), (workload, works)
+        (ratio,) = [r for r in rows if "ratio_oversight_over_pytorch" in r]
+        assert ratio["ratio_oversight_over_pytorch"] > 0 and ratio["figure"] == figure
+        assert ratio["reference"] in by_framework
+    work = {w: next(r["work"] for r in records if r.get("workload") == w) for w in WORKLOADS}
+    assert work["W1_reward_model_step"] == {
+        "rows_x_tokens": [2, 4, 16],
+        "comparisons": 12,
+        "optimizer_steps": 1,
+    }
+    assert work["W2_sampling"] == {"prompt": [2, 8], "generated": [2, 8]}
+    # 4 epochs x (4 prompts / minibatch 2) optimizer steps per PPO iteration.
+    assert work["W3_ppo_iteration"]["optimizer_steps"] == 8 and work["W3_ppo_iteration"]["response"] == [4, 8]
+    sft = {r["framework"]: r for r in records if r.get("workload") == "W4_sft_step" and "framework" in r}
+    for r in sft.values():
+        assert 0 < r["fraction_of_peak"] and r["params"] > 0
     # Same architecture on both sides: the parameter counts agree (GPT-2, tied embeddings).
-    assert by_framework["oversight"]["params"] == by_framework["pytorch"]["params"]
-    assert records[-1]["ratio_oversight_over_pytorch"] > 0
+    assert sft["oversight"]["params"] == sft["pytorch"]["params"]
+
+
+class _Jitted:
+    """A benchmarked loop whose input shape changes after warm-up, so its jitted program recompiles."""
+
+    name = "oversight"
+
+    def __init__(self, report_cache: bool):
+        import jax
+        import jax.numpy as jnp
+
+        self.f, self.jnp, self.n, self.report_cache = jax.jit(lambda x: x * 2), jnp, 0, report_cache
+
+    def run(self) -> None:
+        self.n += 1
+        self.f(self.jnp.ones(self.n)).block_until_ready()
+
+    def compiled(self) -> int:
+        # Without its cache size, only JAX's global compilation count can see the recompile.
+        return self.f._cache_size() if self.report_cache else 0
+
+
+@pytest.mark.parametrize("report_cache", [True, False])
+def test_recompile_after_warmup_is_caught(report_cache):
+    bench = load_bench()
+    with pytest.raises(RuntimeError, match="recompiled after warm-up"):
+        bench.time_alternating([_Jitted(report_cache)], reps=2, warmup=1)
+
+
+def test_steady_loop_passes_the_recompile_check():
+    bench = load_bench()
+
+    class Steady(_Jitted):
+        def run(self) -> None:
+            self.f(self.jnp.ones(3)).block_until_ready()
+
+    times = bench.time_alternating([Steady(True)], reps=2, warmup=1)
+    assert len(times["oversight"]) == 2
+
+
+def test_workload_selector():
+    bench = load_bench()
+    assert bench.parse_workloads("w3,W1") == ["W1", "W3"]
+    with pytest.raises(Exception, match="unknown workload"):
+        bench.parse_workloads("W1,W9")
+
+
+@pytest.mark.parity
+def test_both_sides_compute_the_same_reward_model_loss(tmp_path):
+    """W1 is a like-for-like comparison: with the PyTorch side's weights loaded into oversight, the
+    framework's `reward_model_loss` on the same rankings equals the PyTorch reference loss."""
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+    import numpy as np
+
+    from oversight.models.hf_import import load_hf_checkpoint
+    from oversight.training.reward_model import reward_model_loss
+
+    bench = load_bench()
+    s = bench.SMOKE_SHAPES
+    ref = bench.TorchRewardModel(bench.MODELS["smoke"], s)
+    with torch.no_grad():
+        ref.head.weight.normal_(0.0, 1.0)  # rewards far enough apart that the loss is not just log 2
+        expected, comparisons = ref.loss()
+    ref.trunk.save_pretrained(tmp_path)
+    model = load_hf_checkpoint(tmp_path, scalar_heads=["reward"])
+    model.heads["reward"]["w"][...] = jnp.asarray(ref.head.weight.detach().numpy()[0])
+    model.heads["reward"]["b"][...] = jnp.asarray(ref.head.bias.detach().numpy()[0])
+    tokens = ref.tokens.numpy().reshape(s.rm_prompts, s.rm_k, s.rm_len).astype(np.int32)
+    batch = {"tokens": tokens, "mask": np.ones_like(tokens), "valid": np.ones(tokens.shape[:2], np.int32)}
+    loss, aux = reward_model_loss(model, batch)
+    assert comparisons == int(aux["pairs"]) == s.rm_prompts * 6
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
