@@ -1,0 +1,367 @@
+"""The `debate_text` experiment: passages and questions, the quote policy and its RL update, what the judge
+sees, a tiny CLI run, and a run with a tiny imported Hugging Face checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import oversight
+from experiments.debate import protocol as P
+from experiments.debate import text as T
+from oversight.data.tokenizer import CharTokenizer, load_tokenizer
+from oversight.models import ModelConfig, Transformer
+from oversight.parallel import MeshConfig, make_mesh
+from oversight.stats import wilson_interval
+from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
+
+REPO = Path(oversight.__file__).resolve().parents[1]
+OPTS = T.TextDebateOptions()
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_the_deciding_sentence_is_in_the_passage_and_verifies_and_the_lie_is_not():
+    for q in T.make_questions(300, OPTS, seed=0):
+        true, false = q.answers[q.correct], q.answers[1 - q.correct]
+        sentences = T.passage_sentences(q.source)
+        assert len(sentences) == OPTS.entities * OPTS.relations
+        proof = T.claim_sentence(q.question, true)
+        assert proof in sentences and P.verify_quote(proof, q.source)
+        assert not P.verify_quote(T.claim_sentence(q.question, false), q.source)  # a fabricated claim
+        # The lie comes from a misleading sentence: same person or same relation, not both.
+        entity, relation = q.question.split(" ", 1)[0], q.question.split(" ", 1)[1][: -len(" which city?")]
+        misleading = [s for s in sentences if false in s.split()[-1]]
+        assert misleading and all(P.verify_quote(s, q.source) for s in misleading)
+        assert any((s.startswith(entity + " ")) != (relation in s) for s in misleading)
+
+
+def test_a_blind_judge_cannot_beat_chance_by_construction():
+    questions = T.make_questions(4000, OPTS, seed=1)
+    # Answer positions are balanced.
+    lo, hi = wilson_interval(sum(q.correct for q in questions), len(questions))
+    assert lo < 0.5 < hi
+    # True and false answers are exchangeable: a blind rule fitted on one half (prefer the city that was
+    # true more often) is at chance on the other.
+    fit, held = questions[:2000], questions[2000:]
+    true_count = Counter(q.answers[q.correct] for q in fit)
+    false_count = Counter(q.answers[1 - q.correct] for q in fit)
+    score = {c: true_count[c] - false_count[c] for c in T.CITIES}
+    hits = sum(
+        (score[q.answers[0]] >= score[q.answers[1]]) == (q.correct == 0) for q in held
+    )  # the rule picks A on ties
+    lo, hi = wilson_interval(hits, len(held))
+    assert lo < 0.5 < hi
+    # The learned judge is antisymmetric: with no quotes its logit is exactly 0 in both orders.
+    judge = _tiny_judge()
+    p = judge([P.JudgeView(q.question, q.answers, ()) for q in held[:8]])
+    assert np.all(p == 0.5)
+
+
+def test_bad_options_name_the_key():
+    with pytest.raises(ValueError, match="experiment.judge='human'"):
+        T.TextDebateOptions(judge="human")
+    with pytest.raises(ValueError, match="experiment.entities=1 must be in 2..14"):
+        T.TextDebateOptions(entities=1)
+    with pytest.raises(ValueError, match="experiment.liar_answer"):
+        T.TextDebateOptions(liar_answer="worst")
+
+
+# ---------------------------------------------------------------------------------------------- judges
+
+MESH = None
+
+
+def _mesh():
+    global MESH
+    if MESH is None:
+        MESH = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+    return MESH
+
+
+def _tiny_judge(seed=0):
+    cfg = ModelConfig(
+        vocab_size=101, d_model=16, n_layers=1, n_heads=2, max_seq_len=64, scalar_heads=["judge"]
+    )
+    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
+    return T.LearnedJudge(graphdef, state, CharTokenizer(), 48, 2)
+
+
+def test_the_judge_sees_only_question_answers_and_marked_quotes():
+    questions = T.make_questions(20, OPTS, seed=2)
+    seen: list[P.JudgeView] = []
+
+    def spy(views):
+        seen.extend(views)
+        return T.simulated_judge(1.0)(views)
+
+    rnd = T.random_quoter(0)
+    outcomes = P.debate(questions, rnd, rnd, spy, P.QuoteChannel(), P.Schedule(2), P.Budget(max_evidence=1))
+    outcomes += P.consultancy(questions, rnd, spy, P.QuoteChannel(), P.Schedule(2), P.Budget(max_evidence=1))
+    assert len(seen) == len(outcomes) == 40 + 80
+    by_id = {q.id: q for q in questions}
+    for v, o in zip(seen, outcomes, strict=True):
+        assert v.source is None and v.turns == o.transcript
+        q = by_id[o.question_id]
+        for t in v.turns:
+            for e in t.evidence:
+                assert e.verified == P.verify_quote(e.content, q.source)
+        # The judge's text holds the quotes but no other passage sentence.
+        quoted = {e.content for t in v.turns for e in t.evidence}
+        text = T.judge_text(v)
+        for s in T.passage_sentences(q.source):
+            assert (s in text) == (s in quoted)
+    with pytest.raises(ValueError, match="must not see the passage"):
+        _tiny_judge()([P.JudgeView(questions[0].question, questions[0].answers, (), questions[0].source)])
+
+
+def test_simulated_overseer_believes_the_deciding_quote_and_ignores_unverified_ones():
+    q = T.make_questions(1, OPTS, seed=3)[0]
+    true, false = q.answers[q.correct], q.answers[1 - q.correct]
+    proof = T.claim_sentence(q.question, true)
+    fake = T.claim_sentence(q.question, false)
+    honest = P.Turn(0, q.correct, "", (P.Evidence("quote", proof, True),))
+    liar = P.Turn(1, 1 - q.correct, "", (P.Evidence("quote", fake, False),))
+    p_a = T.simulated_judge(1.0)([P.JudgeView(q.question, q.answers, (honest, liar))])[0]
+    assert (p_a > 0.9) if q.correct == 0 else (p_a < 0.1)
+    p_a = T.simulated_judge(1.0)([P.JudgeView(q.question, q.answers, (liar,))])[0]
+    assert p_a == 0.5
+
+
+# ---------------------------------------------------------------------------------------------- debaters
+
+
+def test_the_policy_quotes_candidates_and_rl_moves_probability_to_the_rewarded_quote():
+    """On one fixed question, reward 1 for the deciding quote and 0 otherwise: PPO steps raise its
+    probability well above the initial near-uniform one, and sampled moves follow."""
+    q = T.make_questions(1, OPTS, seed=4)[0]
+    tok = CharTokenizer()
+    policy_len, _ = T.text_lengths(tok, OPTS)
+    cfg = ModelConfig(
+        vocab_size=101, d_model=32, n_layers=1, n_heads=2, max_seq_len=64, scalar_heads=["quote"]
+    )
+    tx = make_optimizer(TrainConfig(steps=40, learning_rate=3e-3, warmup_steps=0, weight_decay=0.0))
+    mesh, rules = _mesh(), MeshConfig().rules
+    graphdef, state, shardings = init_train_state(cfg, tx, 0, mesh, rules)
+    ref = jax.tree.map(lambda x: x.copy(), state)
+    n_cand = OPTS.entities * OPTS.relations + 1
+    policy = T.QuotePolicy(graphdef, state, tok, policy_len, n_cand, ref_state=ref, seed=0)
+    view = P.AgentView(q.question, q.answers, q.correct, q.source, (), (1 - q.correct,))
+    cands = T.candidates(view)
+    # The honest side's claim is a passage sentence; the liar's would be a fabrication, offered last.
+    assert cands == T.passage_sentences(q.source)
+    liar = P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (), (q.correct,))
+    assert T.candidates(liar) == [*cands, T.claim_sentence(q.question, q.answers[1 - q.correct])]
+    assert T.policy_text(liar, T.candidates(liar)[-1]).startswith("D f ")
+    target = [cands.index(T.claim_sentence(q.question, q.answers[q.correct]))]  # the deciding sentence
+    tokens, mask, allowed, _ = policy.encode([view])
+    p0 = np.exp(policy.log_probs(state, tokens, mask, allowed))[0]
+    assert abs(p0[target].sum() - 1 / len(cands)) < 0.1
+
+    step_fn = make_train_step(
+        graphdef,
+        partial(T.policy_loss, clip_eps=0.2, kl_coef=0.0, ent_coef=0.0, temperature=1.0),
+        shardings,
+        mesh,
+        rules,
+    )
+    for _ in range(8):
+        policy.state, policy.record = state, []
+        policy([view] * 32)
+        d = policy.record
+        r = np.array([float(x.chosen in target) for x in d])
+        adv = (r - r.mean()) / (r.std() + 1e-8)
+        batch = {
+            "tokens": np.stack([x.tokens for x in d]), "mask": np.stack([x.mask for x in d]),
+            "allowed": np.stack([x.allowed for x in d]), "chosen": np.array([[x.chosen] for x in d], np.int32),
+            "old_logp": np.array([[x.logp[x.chosen]] for x in d], np.float32),
+            "ref_logp": np.stack([x.ref_logp for x in d]).astype(np.float32), "advantage": adv[:, None].astype(np.float32),
+        }  # fmt: skip
+        for _ in range(2):
+            state, _ = step_fn(state, batch)
+    p1 = np.exp(policy.log_probs(state, tokens, mask, allowed))[0]
+    assert p1[target].sum() > 0.6 > p0[target].sum() + 0.2
+    policy.state, policy.record = state, None
+    moves = policy([view] * 50)
+    assert sum(m.evidence[0] == cands[target[0]] for m in moves) > 25
+    # Already-quoted candidates are never quoted again.
+    quoted = P.Turn(0, q.correct, "", (P.Evidence("quote", cands[target[0]], True),))
+    again = P.AgentView(q.question, q.answers, q.correct, q.source, (quoted,), ())
+    assert all(m.evidence[0] != cands[target[0]] for m in policy([again] * 30))
+
+
+def test_seat_rewards_pay_each_side_the_judges_probability_of_its_answer():
+    q = T.make_questions(1, OPTS, seed=5)[0]
+    rnd = T.random_quoter(0)
+    outcomes = P.debate([q], rnd, rnd, lambda v: np.full(len(v), 0.8), P.QuoteChannel(), P.Schedule(2))
+    rewards = T.seat_rewards(outcomes, {q.id: q}, "prob")
+    assert len(rewards) == 4  # two orders x two seats
+    for o in outcomes:
+        g = q.swapped() if o.swapped else q
+        assert rewards[T.game_key(g.source, g.question, g.answers, g.correct)] == pytest.approx(o.p_correct)
+        assert rewards[T.game_key(g.source, g.question, g.answers, 1 - g.correct)] == pytest.approx(
+            1 - o.p_correct
+        )
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+TINY = [
+    "experiment=debate_text",
+    "tracker=disabled",
+    "model.d_model=32",
+    "model.n_layers=1",
+    "experiment.eval_questions=24",
+    "experiment.judge_questions=64",
+    "experiment.judge_steps=30",
+    "experiment.judge_batch=32",
+    "experiment.judge_d_model=16",
+    "experiment.judge_layers=1",
+    "experiment.rl_iterations=2",
+    "experiment.rollout_questions=4",
+    "experiment.bootstrap=50",
+]
+
+
+def _oversight(*args: str) -> None:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one CPU device, as a user runs it
+    proc = subprocess.run([sys.executable, "-m", "oversight.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def test_a_tiny_run_writes_every_protocol_before_and_after_training_with_intervals(tmp_path):
+    run_dir = tmp_path / "run"
+    _oversight(*TINY, f"hydra.run.dir={run_dir}")
+    rows = _rows(run_dir)
+    acc = {(r["method"], r["stage"]): r for r in rows if r["metric"] == "debate/accuracy"}
+    methods = ("blind judge", "consultancy", "debate", "oracle judge")
+    assert set(acc) == {(m, s) for m in methods for s in ("before", "after")}
+    for (method, _), r in acc.items():
+        assert r["n"] == (96 if method == "consultancy" else 48), method  # both orders (x honest/dishonest)
+        assert r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9
+    assert acc[("oracle judge", "after")]["value"] == 1.0
+    split = {r["metric"]: r for r in rows if r.get("method") == "consultancy" and r.get("stage") == "after"}
+    mean = (split["debate/accuracy_honest"]["value"] + split["debate/accuracy_dishonest"]["value"]) / 2
+    assert acc[("consultancy", "after")]["value"] == pytest.approx(mean)
+    win = [r for r in rows if r["metric"] == "debate/honest_win_rate"]
+    assert sorted(r["stage"] for r in win) == ["after", "before"]
+    kinds = [r for r in rows if r["metric"].startswith("debate/quote_honest_")]
+    assert {r["metric"].rsplit("_", 1)[1] for r in kinds} == {
+        "deciding",
+        "misleading",
+        "irrelevant",
+        "unverified",
+    }
+    elo = [r for r in rows if r["metric"] == "debate/elo"]
+    assert sorted((r["agent"], r["side"]) for r in elo) == [
+        ("initial", "honest"), ("initial", "liar"), ("trained", "honest"), ("trained", "liar"),
+    ]  # fmt: skip
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*metrics)
+    assert {"judge/loss", "rl/kl_ref", "rl/honest_reward"} <= keys
+
+
+# ---------------------------------------------------------------------------------------------- HF checkpoint
+
+
+def _words() -> list[str]:
+    words = {*T.NAMES, *T.CITIES, *" ".join(T.RELATIONS).split(), "which", "city", "It", "is"}
+    words |= {"D", "C", "p", "f", "v", "u"}  # protocol, provenance and verification marks
+    return sorted(words) + [".", "?", "|", ".|", "[", "]", "||"]
+
+
+def _tiny_hf_checkpoint(folder: Path) -> None:
+    """A 1-layer GPT-2 and a word-level tokenizer over the task's words, saved as transformers saves them."""
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "[UNK]", *_words()])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<eos>", pad_token="<pad>", unk_token="[UNK]"
+    ).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=1,
+                        eos_token_id=1)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(folder)
+
+
+def test_debaters_and_judge_from_a_tiny_imported_checkpoint_play_the_protocols(tmp_path):
+    """In process: the imported weights are what the policy and judge run on, and every protocol plays."""
+    ckpt = tmp_path / "hf"
+    _tiny_hf_checkpoint(ckpt)
+    from safetensors.numpy import load_file
+
+    from oversight.models import build_model_config
+
+    tok = load_tokenizer(str(ckpt))
+    opts = T.TextDebateOptions()
+    policy_len, judge_len = T.text_lengths(tok, opts)
+    mesh, rules = _mesh(), MeshConfig().rules
+    tx = make_optimizer(TrainConfig(steps=1))
+    d_cfg = build_model_config(ModelConfig(checkpoint=str(ckpt), scalar_heads=["quote"]), tok)
+    graphdef, state, _ = init_train_state(d_cfg, tx, 0, mesh, rules)
+    wte = load_file(str(ckpt / "model.safetensors"))["transformer.wte.weight"]
+    assert np.allclose(np.asarray(nnx.merge(graphdef, state)[0].embed[...]), wte)
+    policy = T.QuotePolicy(graphdef, state, tok, policy_len, opts.entities * opts.relations + 1, seed=0)
+    j_cfg = build_model_config(ModelConfig(checkpoint=str(ckpt), scalar_heads=["judge"]), tok)
+    jg, js, _ = init_train_state(j_cfg, tx, 1, mesh, rules)
+    model_graphdef, model_state = nnx.split(nnx.merge(jg, js)[0])
+    judge = T.LearnedJudge(model_graphdef, model_state, tok, judge_len, 2)
+    qs = T.make_questions(6, opts, seed=0)
+    ch, budget = P.QuoteChannel(), P.Budget(max_evidence=1)
+    d = P.debate(qs, policy, policy, judge, ch, P.Schedule(2), budget)
+    c = P.consultancy(qs, policy, judge, ch, P.Schedule(2), budget)
+    assert len(d) == 12 and len(c) == 24
+    assert all(len(o.transcript) == 2 and 0 <= o.p_correct <= 1 for o in d + c)
+    assert all(e.verified == P.verify_quote(e.content, qs[0].source) for o in d[:2] for t in o.transcript
+               for e in t.evidence)  # fmt: skip
+    assert [o.p_correct for o in P.blind(qs, judge)] == [0.5] * 12
+
+
+@pytest.mark.slow
+def test_the_cli_runs_with_a_tiny_imported_hugging_face_checkpoint(tmp_path):
+    ckpt = tmp_path / "hf"
+    _tiny_hf_checkpoint(ckpt)
+    tok = load_tokenizer(str(ckpt))
+    q = T.make_questions(1, OPTS, seed=0)[0]
+    view = P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (), (q.correct,))
+    texts = [T.policy_text(view, c) for c in T.candidates(view)]
+    texts += [
+        T.evidence_text(q.question, a, P.Evidence("quote", c, False))
+        for a in q.answers
+        for c in T.candidates(view)
+    ]
+    assert all(
+        2 not in tok.encode(t) for t in texts
+    )  # every word of the task is in the vocabulary (2 = [UNK])
+    run_dir = tmp_path / "run"
+    args = [a for a in TINY if not a.startswith("model.")]
+    _oversight(*args, "model=hf", f"model.checkpoint={ckpt}", f"tokenizer={ckpt}",
+               f"experiment.judge_checkpoint={ckpt}", f"hydra.run.dir={run_dir}")  # fmt: skip
+    rows = _rows(run_dir)
+    acc = {(r["method"], r["stage"]) for r in rows if r["metric"] == "debate/accuracy"}
+    assert ("debate", "after") in acc and ("consultancy", "before") in acc
+    summary = json.loads((run_dir / "summary.json").read_text())
+    from oversight.models.hf_import import read_model_config
+
+    hf = read_model_config(ckpt, scalar_heads=["quote"])
+    assert summary["debater/params"] == hf.num_params()  # the debaters are the imported architecture
+    assert summary["judge/params"] == read_model_config(ckpt, scalar_heads=["judge"]).num_params()
