@@ -506,7 +506,6 @@ class OversightPPO:
 
     def __init__(self, dims: dict, s: Shapes):
         import jax
-        import jax.numpy as jnp
         import numpy as np
         from flax import nnx
 
@@ -519,13 +518,8 @@ class OversightPPO:
             AdaptiveKLController,
             PPOConfig,
             make_ppo_update,
-            missing_stop_penalty,
-            per_token_kl,
-            response_logprobs,
-            response_outputs,
-            rollout_advantages,
+            make_rollout_phases,
         )
-        from oversight.training.reward_model import reward_scores
 
         self._jax, self._nnx, self._left_pad = jax, nnx, left_pad
         cfg = oversight_config(dims, heads=("reward", "value"))  # one architecture for every role
@@ -542,42 +536,7 @@ class OversightPPO:
         self.kl_ctl = AdaptiveKLController.from_config(ppo_cfg)
         stop = self.stop
 
-        @jax.jit
-        def score_rollout(state, ref_params, rm_params, prompt, prompt_mask, response, response_mask):
-            model, _ = nnx.merge(self.graphdef, state)
-            ref = nnx.merge(model_graphdef, ref_params)
-            rm = nnx.merge(model_graphdef, rm_params)
-            logp, _, values = response_outputs(
-                model, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature, ppo_cfg.value_head
-            )
-            ref_logp = response_logprobs(
-                ref, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature
-            )
-            tokens = jnp.concatenate([prompt, response], axis=1)  # (B, P+N)
-            mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-            proxy = reward_scores(rm, tokens, mask, "reward")  # (B,)
-            score = missing_stop_penalty(proxy, response, response_mask, stop, ppo_cfg.missing_stop_penalty)
-            kl = per_token_kl(logp, ref_logp, response_mask).sum(axis=1)
-            return {
-                "logp": logp,
-                "ref_logp": ref_logp,
-                "values": values,
-                "proxy": proxy,
-                "score": score,
-                "kl": kl,
-            }
-
-        @jax.jit
-        def advantages(scored, response_mask, beta):
-            return rollout_advantages(
-                scored["logp"],
-                scored["ref_logp"],
-                scored["values"],
-                scored["score"],
-                response_mask,
-                beta,
-                ppo_cfg,
-            )
+        score_rollout, advantages = make_rollout_phases(self.graphdef, model_graphdef, ppo_cfg, stop)
 
         b = s.ppo_prompts
         self.batch_sharding = batch_sharding(mesh, rules)

@@ -63,11 +63,7 @@ from oversight.training.ppo import (
     PPOConfig,
     init_value_head,
     make_ppo_update,
-    missing_stop_penalty,
-    per_token_kl,
-    response_logprobs,
-    response_outputs,
-    rollout_advantages,
+    make_rollout_phases,
 )
 from oversight.training.reward_model import (
     fit_normalization,
@@ -462,42 +458,7 @@ def run(ctx: RunContext) -> None:
     )
     n_roll = opts.rollout_batch
 
-    @jax.jit
-    def score_rollout(ppo_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask):
-        """Phase 1: old log-probs and values of the policy, reference log-probs, the penalised RM score."""
-        model, _ = nnx.merge(ppo_graphdef, ppo_state)
-        ref = nnx.merge(graphdef, ref_params)
-        rm = nnx.merge(graphdef, rm_params)
-        logp, _, values = response_outputs(
-            model, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature, ppo_cfg.value_head
-        )
-        ref_logp = response_logprobs(ref, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature)
-        tokens = jnp.concatenate([prompt, response], axis=1)
-        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-        proxy = reward_scores(rm, tokens, mask, "reward")
-        score = missing_stop_penalty(proxy, response, response_mask, stop, ppo_cfg.missing_stop_penalty)
-        kl = per_token_kl(logp, ref_logp, response_mask).sum(axis=1)
-        return {
-            "logp": logp,
-            "ref_logp": ref_logp,
-            "values": values,
-            "proxy": proxy,
-            "score": score,
-            "kl": kl,
-        }
-
-    @jax.jit
-    def advantages(scored, response_mask, beta):
-        """Phase 2: per-token rewards, GAE, returns, whitening (β traced: the adaptive controller never recompiles)."""
-        return rollout_advantages(
-            scored["logp"],
-            scored["ref_logp"],
-            scored["values"],
-            scored["score"],
-            response_mask,
-            beta,
-            ppo_cfg,
-        )
+    score_rollout, advantages = make_rollout_phases(ppo_graphdef, graphdef, ppo_cfg, stop)
 
     update = make_ppo_update(ppo_graphdef, ppo_cfg, n_roll, ppo_shardings, mesh, rules)
 

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from oversight.models.transformer import Transformer, positions_from_mask
 from oversight.parallel import batch_sharding
+from oversight.training.reward_model import reward_scores
 from oversight.training.sft import sft_loss
 
 
@@ -452,3 +453,54 @@ def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shar
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
+
+
+def make_rollout_phases(policy_graphdef, graphdef, ppo_cfg: PPOConfig, stop_tokens: tuple[int, ...]):
+    """Phases 1 and 2 of a PPO iteration, each one jitted function of fixed shapes.
+
+    `score_rollout(policy_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask)`: the
+    policy's old log-probs and values, the reference's log-probs, the reward model's score (head "reward")
+    with the missing-stop penalty, and the summed per-token KL. `policy_graphdef` merges with the policy's
+    (model, optimizer) state; `graphdef` with the bare reference and reward-model parameters.
+    `advantages(scored, response_mask, beta)`: per-token rewards, GAE, returns and whitening; β is traced, so
+    the adaptive KL controller never recompiles.
+    """
+
+    @jax.jit
+    def score_rollout(policy_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask):
+        model, _ = nnx.merge(policy_graphdef, policy_state)
+        ref = nnx.merge(graphdef, ref_params)
+        rm = nnx.merge(graphdef, rm_params)
+        logp, _, values = response_outputs(
+            model, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature, ppo_cfg.value_head
+        )
+        ref_logp = response_logprobs(ref, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature)
+        tokens = jnp.concatenate([prompt, response], axis=1)  # (B, P+N)
+        mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+        proxy = reward_scores(rm, tokens, mask, "reward")  # (B,)
+        score = missing_stop_penalty(
+            proxy, response, response_mask, stop_tokens, ppo_cfg.missing_stop_penalty
+        )
+        kl = per_token_kl(logp, ref_logp, response_mask).sum(axis=1)
+        return {
+            "logp": logp,
+            "ref_logp": ref_logp,
+            "values": values,
+            "proxy": proxy,
+            "score": score,
+            "kl": kl,
+        }
+
+    @jax.jit
+    def advantages(scored, response_mask, beta):
+        return rollout_advantages(
+            scored["logp"],
+            scored["ref_logp"],
+            scored["values"],
+            scored["score"],
+            response_mask,
+            beta,
+            ppo_cfg,
+        )
+
+    return score_rollout, advantages
