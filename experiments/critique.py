@@ -20,20 +20,22 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import SFTStage, decode_responses, train_sft
-from oversight.models import ModelConfig
+from experiments.common import decode_responses, task_splits, train_sft
+from oversight.data.tokenizer import load_tokenizer
+from oversight.models import ModelConfig, build_model_config
 from oversight.models.transformer import positions_from_mask
+from oversight.registry import RunContext
 from oversight.sampling import Sampler, SamplingConfig
 from oversight.sampling.generate import left_pad
+from oversight.tasks import get_task
 from oversight.tasks.base import Critique, LabelledResponse, Problem, Task
-from oversight.training.loop import TrainConfig
 
 HEADS = ("answer", "discriminate", "critique", "helpful", "refine")
 
@@ -119,45 +121,6 @@ def tokenize_examples(examples: list[tuple[str, str]], tokenizer) -> tuple[list[
     contexts = [[tokenizer.bos_id, *tokenizer.encode(c)] for c, _ in examples]
     targets = [[*tokenizer.encode(t), tokenizer.eos_id] for _, t in examples]
     return contexts, targets
-
-
-def train_critique_model(
-    *,
-    train_cfg: TrainConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    mesh,
-    rules,
-    tokenizer,
-    task: Task,
-    train_problems: list[Problem],
-    eval_problems: list[Problem],
-    checkpoint_dir: Path,
-    tracker,
-    max_new_tokens: int,
-    heads: tuple[str, ...] = HEADS,
-) -> SFTStage:
-    """The joint model, by the shared SFT stage on the mixed examples (shuffled together by the loader).
-    Held-out loss is on the same mixture built from `eval_problems`; gold accuracy is of greedy answers."""
-    train = tokenize_examples(training_examples(task, train_problems, seed, heads), tokenizer)
-    held_out = tokenize_examples(training_examples(task, eval_problems, seed + 1, heads), tokenizer)
-    return train_sft(
-        train_cfg=train_cfg,
-        model_cfg=model_cfg,
-        seed=seed,
-        mesh=mesh,
-        rules=rules,
-        tokenizer=tokenizer,
-        task=task,
-        train_examples=train,
-        eval_examples=held_out,
-        eval_problems=eval_problems,
-        checkpoint_dir=checkpoint_dir,
-        tracker=tracker,
-        eval_samples=64,
-        max_new_tokens=max_new_tokens,
-        desc="critique model",
-    )
 
 
 # rows per compiled call of the yes/no read-out and the samplers: one program per (rows, bucketed length)
@@ -254,3 +217,51 @@ class CritiqueModel:
     ) -> list[str]:
         contexts = [refine_context(p, r, c) for p, r, c in zip(problems, responses, critiques, strict=True)]
         return self.generate(contexts, key, 0.0, self.max_new_tokens)
+
+
+class CritiqueRun(NamedTuple):
+    """What the critique experiments start from: the task, its held-out problems, the trained model."""
+
+    task: Task
+    eval_problems: list[Problem]
+    model_cfg: ModelConfig
+    model: CritiqueModel
+
+
+def train_critique_model(
+    ctx: RunContext, max_new_tokens: int, held_out_needed: int, needed_by: str
+) -> CritiqueRun:
+    """The shared first stage of `gdc_gap` and `critique_assist`: the task's splits (at least
+    `held_out_needed` held-out problems, else an error naming the options in `needed_by`), then the joint model
+    trained on every head by the shared SFT stage (or restored from the run folder). Held-out loss is on the
+    same mixture built from the held-out problems; gold accuracy is of greedy answers."""
+    cfg = ctx.cfg
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    model_cfg = build_model_config(cfg.model, tokenizer)
+    task = get_task(cfg.task.name, **cfg.task.options)
+    train_problems, eval_problems = task_splits(task, cfg)
+    if len(eval_problems) < held_out_needed:
+        raise ValueError(
+            f"{needed_by} need {held_out_needed} held-out problems but task.num_eval gives "
+            f"{len(eval_problems)} (after removing prompts seen in training); raise task.num_eval"
+        )
+    stage = train_sft(
+        train_cfg=cfg.train,
+        model_cfg=model_cfg,
+        seed=cfg.seed,
+        mesh=ctx.mesh,
+        rules=cfg.mesh.rules,
+        tokenizer=tokenizer,
+        task=task,
+        train_examples=tokenize_examples(training_examples(task, train_problems, cfg.seed), tokenizer),
+        eval_examples=tokenize_examples(training_examples(task, eval_problems, cfg.seed + 1), tokenizer),
+        eval_problems=eval_problems,
+        checkpoint_dir=ctx.run_dir / "checkpoints",
+        tracker=ctx.tracker,
+        eval_samples=64,
+        max_new_tokens=max_new_tokens,
+        desc="critique model",
+    )
+    return CritiqueRun(
+        task, eval_problems, model_cfg, CritiqueModel(stage.model(), tokenizer, max_new_tokens)
+    )

@@ -33,14 +33,10 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from experiments.common import task_splits
-from experiments.critique import CritiqueModel, gold_critique_text, train_critique_model
-from oversight.data.tokenizer import load_tokenizer
-from oversight.models import build_model_config
+from experiments.critique import gold_critique_text, train_critique_model
 from oversight.overseers import HumanCapacity, SimulatedHuman
 from oversight.registry import Experiment, RunContext
 from oversight.stats import bootstrap_row, proportion_row
-from oversight.tasks import get_task
 from oversight.tasks.base import LabelledResponse, Problem, Task
 
 ARMS = ("unassisted", "assisted", "gold_critique")
@@ -147,15 +143,7 @@ def assistance_rows(
 
 def run(ctx: RunContext) -> None:
     cfg, opts = ctx.cfg, ctx.options
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    model_cfg = build_model_config(cfg.model, tokenizer)
-    task = get_task(cfg.task.name, **cfg.task.options)
-    train_problems, eval_problems = task_splits(task, cfg)
-    if len(eval_problems) < 2 * opts.responses_per_set:
-        raise ValueError(
-            f"experiment.responses_per_set={opts.responses_per_set} needs {2 * opts.responses_per_set} "
-            f"held-out problems but task.num_eval gives {len(eval_problems)}; raise task.num_eval"
-        )
+    # the overseer first, so bad overseer options fail before any training
     capacity = HumanCapacity(
         budget=opts.budget,
         miss_rate=opts.miss_rate,
@@ -163,21 +151,12 @@ def run(ctx: RunContext) -> None:
         order=opts.order,
         assistance="check_first",
     )
-    stage = train_critique_model(
-        train_cfg=cfg.train,
-        model_cfg=model_cfg,
-        seed=cfg.seed,
-        mesh=ctx.mesh,
-        rules=cfg.mesh.rules,
-        tokenizer=tokenizer,
-        task=task,
-        train_problems=train_problems,
-        eval_problems=eval_problems,
-        checkpoint_dir=ctx.run_dir / "checkpoints",
-        tracker=ctx.tracker,
-        max_new_tokens=opts.max_new_tokens,
+    task, eval_problems, _, cm = train_critique_model(
+        ctx,
+        opts.max_new_tokens,
+        held_out_needed=2 * opts.responses_per_set,
+        needed_by=f"experiment.responses_per_set={opts.responses_per_set} (two sets of held-out problems)",
     )
-    cm = CritiqueModel(stage.model(), tokenizer, opts.max_new_tokens)
     key = jax.random.key(cfg.seed)
 
     # Response sets: the first half of the held-out problems gives clean and flawed responses, the second

@@ -29,13 +29,9 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from experiments.common import task_splits
 from experiments.critique import CritiqueModel, train_critique_model
-from oversight.data.tokenizer import load_tokenizer
-from oversight.models import build_model_config
 from oversight.registry import Experiment, RunContext
 from oversight.stats import auroc, bootstrap_row, proportion_row
-from oversight.tasks import get_task
 from oversight.tasks.base import Problem, Task
 
 
@@ -193,31 +189,12 @@ def says_no_flaw(task: Task, critique: str) -> bool:
 
 def run(ctx: RunContext) -> None:
     cfg, opts = ctx.cfg, ctx.options
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    model_cfg = build_model_config(cfg.model, tokenizer)
-    task = get_task(cfg.task.name, **cfg.task.options)
-    train_problems, eval_problems = task_splits(task, cfg)
-    need = max(opts.eval_responses, opts.bon_problems)
-    if len(eval_problems) < need:
-        raise ValueError(
-            f"experiment.eval_responses/bon_problems need {need} held-out problems but task.num_eval gives "
-            f"{len(eval_problems)} (after removing prompts seen in training); raise task.num_eval"
-        )
-    stage = train_critique_model(
-        train_cfg=cfg.train,
-        model_cfg=model_cfg,
-        seed=cfg.seed,
-        mesh=ctx.mesh,
-        rules=cfg.mesh.rules,
-        tokenizer=tokenizer,
-        task=task,
-        train_problems=train_problems,
-        eval_problems=eval_problems,
-        checkpoint_dir=ctx.run_dir / "checkpoints",
-        tracker=ctx.tracker,
-        max_new_tokens=opts.max_new_tokens,
+    task, eval_problems, model_cfg, cm = train_critique_model(
+        ctx,
+        opts.max_new_tokens,
+        held_out_needed=max(opts.eval_responses, opts.bon_problems),
+        needed_by="experiment.eval_responses/bon_problems",
     )
-    cm = CritiqueModel(stage.model(), tokenizer, opts.max_new_tokens)
     key = jax.random.key(cfg.seed)
     common = {
         "task": task.name,
