@@ -106,14 +106,22 @@ class ArithmeticTask(Task):
         def want() -> str:
             return _step_text(prev, *ops[j]) if j < len(ops) else f"answer {prev}"
 
+        def view(line: str) -> str:
+            """What one local check sees: the value and operation the line should continue with, and the
+            line ("chain: 12 -3\n12-3=9"); a one-step chain in the task's own format."""
+            if answered:
+                return f"chain: end\n{line}"
+            todo = f" {ops[j][0]}{ops[j][1]}" if j < len(ops) else ""
+            return f"chain: {prev}{todo}\n{line}"
+
         def listed(some: list[tuple[str, int]]) -> str:
             return "".join(f"{o}{x}" for o, x in some)
 
         for line in lines:
             compact = normalise(line)
-            exp = want()
+            exp, seen = want(), view(line)
             if answered:
-                log.add(False, None, "line after the answer")
+                log.add(False, None, "line after the answer", seen)
                 continue
             step, answer = _STEP.match(compact), _ANSWER.match(compact)
             if step:
@@ -132,21 +140,21 @@ class ArithmeticTask(Task):
                         why.append(f"applies {op}{b} but the next operation is {listed(ops[j : j + 1])}")
                 if c != _apply(a, op, b):
                     why.append(f"{a}{op}{b} is {_apply(a, op, b)}, not {c}")
-                log.add(not why, exp, "; ".join(why))
+                log.add(not why, exp, "; ".join(why), seen)
                 prev, j = c, j + 1
             elif answer:
                 value = int(answer.group(1))
                 answered = True
                 if j < len(ops):
-                    log.add(False, exp, f"answers before applying {listed(ops[j:])}")
+                    log.add(False, exp, f"answers before applying {listed(ops[j:])}", seen)
                 elif value != prev:
-                    log.add(False, exp, f"answer {value} but the result is {prev}")
+                    log.add(False, exp, f"answer {value} but the result is {prev}", seen)
                 else:
-                    log.add(True, exp)
+                    log.add(True, exp, "", seen)
             else:
-                log.add(False, exp, f"unreadable line {line[:40]!r}")
+                log.add(False, exp, f"unreadable line {line[:40]!r}", seen)
         if not answered:
-            log.add(False, want(), "missing " + ("step" if j < len(ops) else "answer"))
+            log.add(False, want(), "missing " + ("step" if j < len(ops) else "answer"), view(""))
         return log.analysis()
 
     # --- flaws ----------------------------------------------------------------------------------------

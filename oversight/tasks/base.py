@@ -132,6 +132,9 @@ class Analysis:
     expected: list[str | None]
     # per unit: why it fails ("" where it passes)
     reasons: list[str]
+    # per unit: the text one local check looks at (the unit plus only the context it is checked against);
+    # empty where the task does not provide them (see `Task.unit_views`)
+    views: list[str] = field(default_factory=list)
 
     @property
     def correct(self) -> bool:
@@ -145,14 +148,17 @@ class UnitLog:
         self.ok: list[bool] = []
         self.expected: list[str | None] = []
         self.reasons: list[str] = []
+        self.views: list[str] = []
 
-    def add(self, ok: bool, expected: str | None, reason: str = "") -> None:
+    def add(self, ok: bool, expected: str | None, reason: str = "", view: str | None = None) -> None:
         self.ok.append(ok)
         self.expected.append(expected)
         self.reasons.append(reason)
+        if view is not None:
+            self.views.append(view)
 
     def analysis(self) -> Analysis:
-        return Analysis(self.ok, self.expected, self.reasons)
+        return Analysis(self.ok, self.expected, self.reasons, self.views)
 
 
 @dataclass(frozen=True)
@@ -261,6 +267,15 @@ class Task:
     def unit_checks(self, problem: Problem, candidate: str) -> list[bool]:
         """Per unit of `candidate`, whether it passes its local check (what one careful look would find)."""
         return list(self.analyse(problem, _as_text(candidate)).ok)
+
+    def unit_views(self, problem: Problem, candidate: str) -> list[str]:
+        """Per unit of `candidate`, the text its local check looks at: the unit plus only the context it is
+        checked against. What a step verifier or a process reward model scores one unit by; the view never
+        contains what the unit should be. Tasks that do not define views raise ValueError."""
+        analysis = self.analyse(problem, _as_text(candidate))
+        if len(analysis.views) != len(analysis.ok):
+            raise ValueError(f"task {self.name!r} does not provide local views of its {self.unit}s")
+        return list(analysis.views)
 
     def correction(self, problem: Problem, candidate: str, location: int) -> str | None:
         """What unit `location` of `candidate` should be, given the units before it (None if out of range)."""

@@ -101,3 +101,48 @@ def test_bad_options_are_rejected():
     assert all(
         op == "+" and len(p.data["ops"]) == 3 for p in task.sample(10, 1, 0) for op, _ in p.data["ops"]
     )
+
+
+def test_unit_views_show_each_line_with_only_the_context_its_check_needs():
+    task, p = _problem(7, [("+", 5), ("-", 3)])
+    assert task.unit_views(p, p.solution) == [
+        "chain: 7 +5\n7+5=12",
+        "chain: 12 -3\n12-3=9",
+        "chain: 9\nanswer 9",
+    ]
+    # a wrong result is carried into the next view (the next step is checked against what was claimed)
+    assert task.unit_views(p, "7+5=13\n13-3=10\nanswer 10")[1] == "chain: 13 -3\n13-3=10"
+    # a skipped step: the line is seen against the operation it should have applied; a missing answer is a unit
+    views = task.unit_views(p, "7-3=4")
+    assert views == ["chain: 7 +5\n7-3=4", "chain: 4\n"]
+    assert len(views) == len(task.unit_checks(p, "7-3=4"))
+    # lines after the answer
+    assert task.unit_views(p, p.solution + "\n1+1=2")[-1] == "chain: end\n1+1=2"
+
+
+def test_a_units_gold_check_is_a_function_of_its_view():
+    """What a step verifier can learn: two units with the same view always get the same gold verdict."""
+    import random
+
+    task = get_task("arithmetic", ops="+-")
+    verdicts: dict[str, bool] = {}
+    rng = random.Random(0)
+    for p in task.sample(60, 3, seed=0):
+        candidates = [p.solution]
+        for s in range(3):
+            candidates.append(task.inject_flaw(p, seed=s)[0])
+        lines = p.solution.split("\n")
+        candidates.append("\n".join(lines[: rng.randrange(len(lines))]))  # truncated
+        candidates.append(p.solution.replace("=", "=1", 1))  # garbled digit
+        for c in candidates:
+            views, ok = task.unit_views(p, c), task.unit_checks(p, c)
+            assert len(views) == len(ok)
+            for v, good in zip(views, ok, strict=True):
+                assert verdicts.setdefault(v, good) == good, v
+
+
+def test_tasks_without_views_say_so():
+    task = get_task("sorting")
+    p = task.sample(1, 1, seed=0)[0]
+    with pytest.raises(ValueError, match="sorting.*local views"):
+        task.unit_views(p, p.solution)
