@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oversight.models.transformer import Transformer, positions_from_mask
+from oversight.training.sft import next_token_logprobs
 
 
 def last_token_index(mask: jax.Array) -> jax.Array:
@@ -101,6 +102,54 @@ def reward_model_loss(
     flat = reward_scores(model, batch["tokens"].reshape(b * k, t), batch["mask"].reshape(b * k, t), head)
     rewards = flat.reshape(b, k)  # (B, K)
     return ranking_loss(rewards, batch["valid"], batch.get("ranks"), batch.get("margin", 0.0))
+
+
+def unit_scores(
+    model: Transformer,
+    views: jax.Array,
+    mask: jax.Array,
+    head: str = "reward",
+    unit_tokens: jax.Array | None = None,
+) -> jax.Array:
+    """A process reward model's logit that each unit is right, read from its local view. views and mask
+    (..., U, W): per response, U views of W tokens (`Task.unit_views`, right-padded). Returns (..., U).
+
+    With `unit_tokens` (..., U, W), 1 on the unit's own tokens in its view, the logit adds the model's
+    log-likelihood of those tokens given the view before them: a generative verifier, so a reward model
+    started from a policy fine-tuned to write right units already finds wrong ones unlikely, and the
+    ranking loss trains both the head and that likelihood.
+    """
+    lead, w = views.shape[:-1], views.shape[-1]
+    tokens, flat_mask = views.reshape(-1, w), mask.reshape(-1, w)
+    hidden, _ = model(tokens, positions_from_mask(flat_mask), flat_mask)  # (R, W, D)
+    logits = at_last_token(model.scalar(hidden, head), flat_mask)  # (R,)
+    if unit_tokens is not None:
+        logp = next_token_logprobs(model, hidden, tokens)  # (R, W-1): token t+1 given tokens 0..t
+        logits = logits + (logp * unit_tokens.reshape(-1, w)[:, 1:]).sum(-1)
+    return logits.reshape(lead)
+
+
+def process_reward(unit_logits: jax.Array, unit_mask: jax.Array) -> jax.Array:
+    """A response's reward from its units' logits: log P(every unit is right) = Σ_u log σ(s_u) over real
+    units. unit_logits, unit_mask (..., U); returns (...,). One wrong unit is enough to sink a response,
+    which is what lets comparisons of whole responses teach a step-level scorer."""
+    return (jax.nn.log_sigmoid(unit_logits.astype(jnp.float32)) * unit_mask).sum(-1)
+
+
+def process_reward_model_loss(
+    model: Transformer, batch: dict[str, jax.Array], head: str = "reward"
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Bradley–Terry loss over K-way rankings of whole responses for a reward model that scores units.
+
+    batch: views and view_mask (B, K, U, W), unit_mask (B, K, U), valid (B, K), optional ranks (B, K) and
+    unit_tokens (B, K, U, W) (see `unit_scores`); responses ordered best first as in `reward_model_loss`. Padding units must still hold one real token
+    (their view mask is not all zero) so their (ignored) scores stay finite.
+    """
+    logits = unit_scores(
+        model, batch["views"], batch["view_mask"], head, batch.get("unit_tokens")
+    )  # (B, K, U)
+    rewards = process_reward(logits, batch["unit_mask"])  # (B, K)
+    return ranking_loss(rewards, batch["valid"], batch.get("ranks"))
 
 
 def pairwise_accuracy(rewards: jax.Array, valid: jax.Array, ranks: jax.Array | None = None) -> jax.Array:

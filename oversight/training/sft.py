@@ -12,6 +12,11 @@ from oversight.models.transformer import Transformer, positions_from_mask
 def token_logprobs(model: Transformer, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """log π(tokens[:, t+1] | tokens[:, :t+1]) in float32, (B, T-1). Position ids follow the mask."""
     hidden, _ = model(tokens, positions_from_mask(mask), mask)
+    return next_token_logprobs(model, hidden, tokens)
+
+
+def next_token_logprobs(model: Transformer, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
+    """`token_logprobs` from the trunk's hidden states (B, T, D) already computed (one forward for two uses)."""
     logits = model.logits(hidden[:, :-1])  # (B, T-1, V)
     # The target's logit through a one-hot product, not a gather: its gradient is elementwise and fuses with
     # the softmax's, where a gather's gradient is a scatter (about 15% of an SFT step on CPU).

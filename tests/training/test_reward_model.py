@@ -17,10 +17,13 @@ from oversight.training.reward_model import (
     last_token_index,
     pack_rankings,
     pairwise_accuracy,
+    process_reward,
+    process_reward_model_loss,
     ranking_loss,
     ranks_from_scores,
     reward_model_loss,
     reward_scores,
+    unit_scores,
 )
 
 # jitted once per shape: eager dispatch of each small op costs more than compiling the whole loss
@@ -165,3 +168,56 @@ def test_normalisation_gives_reference_responses_mean_zero_and_std_one(reward_mo
     model = nnx.clone(reward_model)
     fold_normalization(model, norm)
     np.testing.assert_allclose(score(model, tokens, mask), norm.apply(before), rtol=1e-5, atol=1e-6)
+
+
+def test_process_reward_is_the_log_probability_that_every_real_unit_is_right():
+    logits = jnp.asarray([[2.0, -1.0, 30.0], [0.5, 0.0, 0.0]])
+    mask = jnp.asarray([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    want = [log_sigmoid(2.0) + log_sigmoid(-1.0), log_sigmoid(0.5)]
+    np.testing.assert_allclose(process_reward(logits, mask), want, rtol=1e-6)
+
+
+def test_process_reward_model_loss_ranks_responses_by_their_units_and_ignores_padding_units(reward_model):
+    rng = np.random.default_rng(0)
+    b, k, u, w = 2, 3, 4, 6
+    views = rng.integers(3, 12, size=(b, k, u, w)).astype(np.int32)
+    view_mask = (np.arange(w) < rng.integers(1, w + 1, size=(b, k, u, 1))).astype(np.int32)
+    unit_mask = np.asarray(np.arange(u) < rng.integers(1, u + 1, size=(b, k, 1)), np.float32)
+    batch = {
+        "views": views,
+        "view_mask": view_mask,
+        "unit_mask": unit_mask,
+        "valid": np.ones((b, k), np.int32),
+        "ranks": np.asarray([[0, 1, 2], [0, 0, 1]], np.int32),
+    }
+    loss, aux = nnx.jit(process_reward_model_loss)(
+        reward_model, {key: jnp.asarray(v) for key, v in batch.items()}
+    )
+    # written out: each unit scored alone as one row, summed in log-sigmoid over the response's real units
+    rewards = np.zeros((b, k))
+    for i, j, t in itertools.product(range(b), range(k), range(u)):
+        if unit_mask[i, j, t]:
+            s = score(reward_model, jnp.asarray(views[i, j, t][None]), jnp.asarray(view_mask[i, j, t][None]))
+            rewards[i, j] += log_sigmoid(float(s[0]))
+    want = enumerated_loss(rewards, [k, k], ranks=batch["ranks"])
+    np.testing.assert_allclose(loss, want, rtol=1e-4)
+    assert aux["pairs"] == 3 + 2
+    # whatever a padding unit holds does not change the loss
+    padded = {**batch, "views": np.where(unit_mask[..., None] > 0, views, 7)}
+    again, _ = nnx.jit(process_reward_model_loss)(
+        reward_model, {key: jnp.asarray(v) for key, v in padded.items()}
+    )
+    np.testing.assert_allclose(again, loss, rtol=1e-6)
+
+
+def test_generative_unit_scores_add_the_log_likelihood_of_the_units_own_tokens(reward_model):
+    from oversight.training.sft import token_logprobs
+
+    views = jnp.asarray([[[1, 5, 6, 9, 4, 0], [1, 7, 9, 3, 0, 0]]], jnp.int32)  # (1, U=2, W=6)
+    mask = (views > 0).astype(jnp.int32)
+    unit = jnp.asarray([[[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 0]]], jnp.float32)  # the tokens after the context
+    plain = nnx.jit(unit_scores)(reward_model, views, mask)
+    generative = nnx.jit(unit_scores)(reward_model, views, mask, unit_tokens=unit)
+    logp = token_logprobs(reward_model, views[0], mask[0])  # (U, W-1): token t+1 given 0..t
+    want = plain[0] + jnp.asarray([logp[0, 2] + logp[0, 3], logp[1, 2]])
+    np.testing.assert_allclose(generative[0], want, rtol=1e-5)
