@@ -2,13 +2,10 @@
 experiment end to end, and the critique notebook on its runs."""
 
 import json
-import os
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 import oversight
 from experiments.critique import gold_critique_text
@@ -100,17 +97,11 @@ def test_critique_assist_end_to_end(critique_runs):
             assert r["ci_low"] <= r["value"] <= r["ci_high"], r
 
 
-def test_the_notebook_draws_gaps_and_assistance(critique_runs, tmp_path, monkeypatch):
-    monkeypatch.setenv("OVERSIGHT_RUNS", str(critique_runs))
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(REPO / "notebooks" / "critique.ipynb", as_version=4)
-    nb.cells.append(
-        nbformat.v4.new_code_cell("print(len(scale), sorted(scale['metric'].unique())[:2], len(groups))")
+def test_the_notebook_draws_gaps_and_assistance(critique_runs, execute_notebook):
+    printed, figures = execute_notebook(
+        "critique.ipynb",
+        critique_runs,
+        "print(len(scale), sorted(scale['metric'].unique())[:2], len(groups))",
     )
-    NotebookClient(
-        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     assert printed.startswith("10 ['C/accuracy', 'C/inclusion'] 3"), printed
-    figures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(figures) == 2
+    assert figures == 2

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import nbformat
 import numpy as np
 import pytest
 from flax import nnx
-from nbclient import NotebookClient
 
 import oversight
 from experiments.debate import digits as D
@@ -229,20 +227,12 @@ def test_a_seed_sweep_runs_and_pools_over_seeds(tmp_path):
     assert row["mean"] == pytest.approx(np.mean([r["value"] for r in runs]))
 
 
-def test_the_notebook_plots_accuracy_against_the_evidence_budget(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("OVERSIGHT_RUNS", str(tiny_run))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(REPO / "notebooks" / "debate.ipynb", as_version=4)
-    nb.cells.append(
-        nbformat.v4.new_code_cell(
-            "print(sorted(table['method'].unique()), sorted(int(k) for k in table['k'].unique()),"
-            " table['runs'].max(), len(fig.axes), len(fig.axes[0].lines) > 0)"
-        )
+def test_the_notebook_plots_accuracy_against_the_evidence_budget(tiny_run, execute_notebook):
+    printed, _ = execute_notebook(
+        "debate.ipynb",
+        tiny_run,
+        "print(sorted(table['method'].unique()), sorted(int(k) for k in table['k'].unique()),"
+        " table['runs'].max(), len(fig.axes), len(fig.axes[0].lines) > 0)",
     )
-    NotebookClient(
-        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     methods = ["blind judge", "consultancy greedy", "debate greedy", "oracle judge", "random pixels"]
     assert printed.strip() == f"{methods} [2, 4] 1 2 True"

@@ -7,11 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from nbclient import NotebookClient
 
 import oversight
 
@@ -141,15 +139,9 @@ def test_killed_during_ppo_resumes_to_the_same_parameters_and_metrics(pulse_run,
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_the_notebook_draws_the_over_optimisation_curves_of_a_run(pulse_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("OVERSIGHT_RUNS", str(pulse_run))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(REPO / "notebooks" / "rlhf.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell("print(sorted(curves['method'].unique()), len(curves))"))
-    NotebookClient(
-        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+def test_the_notebook_draws_the_over_optimisation_curves_of_a_run(pulse_run, execute_notebook):
+    printed, _ = execute_notebook(
+        "rlhf.ipynb", pulse_run, "print(sorted(curves['method'].unique()), len(curves))"
+    )
     # 4 best-of-N points and 3 PPO evaluations, each with gold and proxy.
     assert printed.strip() == "['best_of_n', 'ppo'] 7"
