@@ -1,0 +1,677 @@
+"""Recursive reward modelling (Leike et al. 2018) on a ladder of task difficulties, scored by gold throughout.
+
+    oversight experiment=rrm                   # see conf/experiment/rrm.yaml for the time and the result
+
+The overseer is a capacity-limited simulated human (`SimulatedHuman`): `budget` local checks per response,
+enough for every unit of the easiest level's responses and a shrinking share of the harder levels'. One SFT
+policy answers every level; its K samples per prompt are what the overseer ranks.
+
+Every reward model here is a *process* reward model: it scores each unit of a response from that unit's local
+view (`Task.unit_views`), and the response's reward is log P(every unit is right)
+(`oversight.training.reward_model.process_reward`). It is trained only on K-way rankings of whole responses
+(`process_reward_model_loss`), like any RLHF reward model, starting from the SFT policy's weights. That makes
+a level's reward model a step verifier too: pointing the overseer at the units it finds least likely right is
+the assistance it gives one level up, where the overseer checks the pointed units first (`assistance:
+check_first`) within the same budget.
+
+Who ranks a level's responses (`Feedback`), per arm:
+
+- `unassisted`: the overseer alone (RLHF without assistance);
+- `rrm_depth{d}`: the overseer assisted by the level below's reward model of depth d - 1; depth 0 is the
+  overseer alone, and the recursion bottoms out at level 0, so depth d at a level k < d is depth k;
+- `gold_assistant`: assisted by the level below's reward model trained on gold rankings (the best assistant the
+  ladder can train: the upper bound of assistance);
+- `gold_feedback`: gold ranks (the ceiling).
+
+The policy step is best-of-N of the SFT policy's samples against the level's reward model (InstructGPT's PPO
+stage is in the RLHF core too, but at this scale PPO does not yet beat SFT: see the `rlhf` experiment), so a
+policy's gold accuracy is what its reward model can select.
+
+Results (`results.jsonl`, each row with a 95% interval and n, and columns level, difficulty, arm, feedback,
+assistant, depth_used): `overseer/accuracy`, `overseer/recall`, `overseer/false_alarms` against gold on the
+ranked responses; `overseer/checks` per response (effort); `overseer/harmed` and `overseer/helped` (the assisted
+overseer wrong where the unassisted overseer on the same responses was right, and the reverse: failure
+amplification); `assistant/hit` (the assistant's first pointer is at a wrong unit of a wrong response);
+`rm/accuracy_gold` on held-out gold-ordered pairs; `policy/gold_reward` (graded gold reward: 1 if right, else
+the fraction of units passing, scaled below 1) and `policy/gold_accuracy` of the best-of-N pick. Per level,
+the same for the SFT samples themselves (`policy/sample_reward`, `policy/sample_accuracy`: N = 1) and for the
+best of the N by gold (`policy/oracle_reward`, `policy/oracle_accuracy`: what a perfect reward model picks). `rrm_models.json` records
+every reward model trained (its feedback, the assistant it was trained with, a fingerprint of its parameters)
+and the fingerprint of each model where it was used as an assistant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments.common import (
+    RenamedTracker,
+    decode_responses,
+    gold_reward,
+    round_up,
+    tokenize_problems,
+    train_sft,
+    train_state_from_model,
+)
+from oversight.data.tokenizer import load_tokenizer
+from oversight.models import build_model_config
+from oversight.overseers import GoldOverseer, HumanCapacity, SimulatedHuman
+from oversight.overseers.base import Assistance
+from oversight.overseers.human import ASSISTANCE_MODES, ORDERS
+from oversight.overseers.rankings import MAX_K, MIN_K
+from oversight.registry import Experiment, RunContext
+from oversight.sampling import Sampler, SamplingConfig
+from oversight.stats import bootstrap_row, proportion_row
+from oversight.tasks import get_task
+from oversight.tasks.base import Critique, Problem, Task
+from oversight.training.checkpoint import Checkpointer
+from oversight.training.loop import make_optimizer, make_train_step, train_loop
+from oversight.training.reward_model import (
+    process_reward,
+    process_reward_model_loss,
+    ranks_from_scores,
+    unit_scores,
+)
+from oversight.training.sft import epoch_batches
+
+# rows of policy samples per sampler call and per scoring call (fixed shapes: one program each per level)
+_SAMPLE_CHUNK = 256
+_SCORE_CHUNK = 128
+
+
+@dataclass
+class RRMOptions:
+    # Task difficulty of each level of the ladder, easiest first; level 0 is judged by the overseer alone.
+    difficulties: list[int] = field(default_factory=lambda: [1, 2, 4])
+    # Deepest recursion measured: arms rrm_depth1 .. rrm_depth{depth} (at most the number of levels - 1).
+    depth: int = 2
+    # Arms to run (null = all: unassisted, rrm_depth1..depth, gold_assistant, gold_feedback); the reward
+    # models their assistants need are trained too.
+    arms: list[str] | None = None
+    # Responses per prompt that each overseer ranks (K).
+    k: int = 4
+    # Prompts per level whose K policy samples are ranked (unseen in SFT).
+    num_comparisons: int = 256
+    # Held-out prompts per level for reward-model accuracy and the best-of-N policy.
+    eval_prompts: int = 96
+    # Policy samples per held-out prompt (N of best-of-N).
+    best_of_n: int = 8
+    # Policy sampling temperature.
+    temperature: float = 0.7
+    # --- the overseer
+    # Units it can check per response.
+    budget: int = 3
+    # Per check: probability it misses a wrong unit.
+    miss_rate: float = 0.1
+    # Per check: probability a right unit looks wrong.
+    false_alarm_rate: float = 0.05
+    # Units it checks without assistance (and after the pointed ones): "random" or "in_order".
+    order: str = "random"
+    # How it uses the assistant's pointers: "check_first", "trust" or "ignore".
+    assistance: str = "check_first"
+    # Units the assistant points at per response, least likely right first; null = the overseer's budget.
+    hints: int | None = None
+    # --- reward models (one per level and feedback; each is the next level's assistant)
+    rm_steps: int = 100
+    # Rankings per step.
+    rm_batch_size: int = 8
+    rm_learning_rate: float = 3e-4
+    # Add each unit's log-likelihood under the reward model's own LM head to its score (a generative
+    # verifier started from the SFT policy); false: the scalar head alone.
+    rm_generative: bool = True
+    # Characters of a unit's line kept in its view (longer lines are wrong anyway; fixed shapes).
+    max_line_chars: int = 16
+
+    def __post_init__(self) -> None:
+        d = list(self.difficulties)
+        if not d or any(not isinstance(x, int) or x < 1 for x in d) or d != sorted(set(d)):
+            raise ValueError(f"experiment.difficulties={d} must be increasing ints >= 1")
+        if not 1 <= self.depth <= len(d) - 1:
+            raise ValueError(
+                f"experiment.depth={self.depth} must be in 1..{len(d) - 1} (the levels above level 0)"
+            )
+        if not MIN_K <= self.k <= MAX_K:
+            raise ValueError(f"experiment.k={self.k} must be in {MIN_K}..{MAX_K}")
+        if self.budget < 1:
+            raise ValueError(f"experiment.budget={self.budget} must be >= 1")
+        if self.order not in ORDERS:
+            raise ValueError(f"experiment.order={self.order!r} is not one of {ORDERS}")
+        if self.assistance not in ASSISTANCE_MODES:
+            raise ValueError(f"experiment.assistance={self.assistance!r} is not one of {ASSISTANCE_MODES}")
+        if self.arms is not None:
+            unknown = sorted(set(self.arms) - set(arm_names(self.depth)))
+            if unknown or not self.arms:
+                raise ValueError(
+                    f"experiment.arms={list(self.arms)}: unknown {unknown}; choose from {arm_names(self.depth)}"
+                )
+        if self.hints is not None and self.hints < 1:
+            raise ValueError(f"experiment.hints={self.hints} must be >= 1 (or null for the budget)")
+        for name in ("num_comparisons", "eval_prompts", "best_of_n", "rm_steps", "rm_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"experiment.{name}={getattr(self, name)} must be >= 1")
+
+    def arm_list(self) -> list[str]:
+        return list(self.arms) if self.arms is not None else arm_names(self.depth)
+
+    def capacity(self) -> HumanCapacity:
+        return HumanCapacity(
+            budget=self.budget,
+            miss_rate=self.miss_rate,
+            false_alarm_rate=self.false_alarm_rate,
+            order=self.order,
+            assistance=self.assistance,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The recursion: which feedback trains which reward model
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Who ranks one level's responses: gold, or the overseer assisted by the reward model trained on
+    `assistant` feedback one level down (None: the overseer alone). Names one reward model."""
+
+    level: int
+    # "overseer" or "gold"
+    source: str
+    assistant: Feedback | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("overseer", "gold"):
+            raise ValueError(f"feedback source must be 'overseer' or 'gold', got {self.source!r}")
+        if self.assistant is not None and (self.source == "gold" or self.assistant.level != self.level - 1):
+            raise ValueError(
+                f"an assistant of level-{self.level} overseer feedback must come from level {self.level - 1}"
+            )
+
+    @property
+    def key(self) -> str:
+        """ "L2:H+L1:H+L0:H" = level 2 overseer, assisted by the level-1 model trained on level-1 overseer
+        feedback assisted by the level-0 model trained on the level-0 overseer alone; "L1:gold" = gold."""
+        own = f"L{self.level}:{'gold' if self.source == 'gold' else 'H'}"
+        return own if self.assistant is None else f"{own}+{self.assistant.key}"
+
+    @property
+    def depth(self) -> int:
+        """Levels of assistance beneath this feedback (0 for the overseer alone and for gold)."""
+        return 0 if self.assistant is None else 1 + self.assistant.depth
+
+
+def arm_names(depth: int) -> list[str]:
+    return ["unassisted", *[f"rrm_depth{d}" for d in range(1, depth + 1)], "gold_assistant", "gold_feedback"]
+
+
+def recursive_feedback(level: int, depth: int) -> Feedback:
+    """The overseer at `level` assisted by the recursion of `depth` levels beneath it (clipped at level 0)."""
+    if depth == 0 or level == 0:
+        return Feedback(level, "overseer")
+    return Feedback(level, "overseer", recursive_feedback(level - 1, depth - 1))
+
+
+def arm_feedback(arm: str, level: int) -> Feedback:
+    if arm == "gold_feedback":
+        return Feedback(level, "gold")
+    if arm == "gold_assistant":
+        return Feedback(level, "overseer", Feedback(level - 1, "gold") if level > 0 else None)
+    if arm == "unassisted":
+        return Feedback(level, "overseer")
+    if arm.startswith("rrm_depth") and arm[len("rrm_depth") :].isdigit():
+        return recursive_feedback(level, int(arm[len("rrm_depth") :]))
+    raise ValueError(f"unknown arm {arm!r}")
+
+
+def training_plan(levels: int, arms: list[str]) -> list[Feedback]:
+    """Every reward model the arms need, once each, level by level and each after its assistant."""
+    needed: dict[Feedback, None] = {}
+
+    def visit(f: Feedback) -> None:
+        if f.assistant is not None:
+            visit(f.assistant)
+        needed.setdefault(f, None)
+
+    for level in range(levels):
+        for arm in arms:
+            visit(arm_feedback(arm, level))
+    return sorted(needed, key=lambda f: f.level)  # stable: assistants stay before the models they help
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data of one level
+
+
+def pack_views(
+    task: Task,
+    problems: list[Problem],
+    responses: list[list[str]],
+    tokenizer,
+    units: int,
+    width: int,
+    max_line_chars: int,
+) -> dict[str, np.ndarray]:
+    """The unit views of responses (P prompts x K responses) as tokens: views and view_mask (P, K, U, W),
+    unit_tokens (P, K, U, W) (1 on the unit's own line and what ends it), unit_mask (P, K, U). BOS + view,
+    right-padded; a response's units beyond U are dropped; padding units hold one BOS token so every row has
+    a real token.
+
+    A line whole in its view is followed by what ends it in the response: a newline, or the stop token after
+    the last unit. Without it a missing unit (an empty line) would cost a generative verifier nothing, and a
+    reward summed over units would favour responses that stop early."""
+    p, k = len(problems), len(responses[0])
+    views = np.full((p, k, units, width), tokenizer.pad_id, np.int32)
+    view_mask = np.zeros((p, k, units, width), np.int32)
+    unit_tokens = np.zeros((p, k, units, width), np.float32)
+    views[..., 0], view_mask[..., 0] = tokenizer.bos_id, 1
+    unit_mask = np.zeros((p, k, units), np.float32)
+    for i, (problem, texts) in enumerate(zip(problems, responses, strict=True)):
+        for j, text in enumerate(texts):
+            unit_views = task.unit_views(problem, text)
+            for u, view in enumerate(unit_views[:units]):
+                context, _, line = view.partition("\n")
+                head = [tokenizer.bos_id, *tokenizer.encode(f"{context}\n")]
+                end = [tokenizer.eos_id] if u == len(unit_views) - 1 else tokenizer.encode("\n")
+                body = tokenizer.encode(line[:max_line_chars]) + (end if len(line) <= max_line_chars else [])
+                ids = [*head, *body][:width]
+                views[i, j, u, : len(ids)] = ids
+                view_mask[i, j, u, : len(ids)] = 1
+                unit_tokens[i, j, u, len(head) : len(ids)] = 1.0
+                unit_mask[i, j, u] = 1.0
+    return {"views": views, "view_mask": view_mask, "unit_tokens": unit_tokens, "unit_mask": unit_mask}
+
+
+@dataclass
+class Level:
+    index: int
+    difficulty: int
+    # prompts whose K samples are ranked, and the samples (K per prompt)
+    compare: list[Problem]
+    responses: list[list[str]]
+    # per ranked response: gold says right; gold unit checks
+    correct: np.ndarray  # (P, K) bool
+    unit_ok: list[list[list[bool]]]
+    views: dict[str, np.ndarray]  # (P, K, U, W)
+    # held-out prompts, N samples each, their gold reward and correctness, and views
+    held_out: list[Problem]
+    eval_gold: np.ndarray  # (E, N) float
+    eval_correct: np.ndarray  # (E, N) bool
+    eval_views: dict[str, np.ndarray]  # (E, N, U, W)
+
+
+def fingerprint(state) -> str:
+    """A short hash of a trained state (to show which trained model was used where)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()[:16]
+
+
+def stable_seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The experiment
+
+
+def run(ctx: RunContext) -> None:
+    cfg, opts = ctx.cfg, ctx.options
+    mesh, rules = ctx.mesh, cfg.mesh.rules
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    heads = tuple(dict.fromkeys([*cfg.model.scalar_heads, "reward"]))
+    model_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=list(heads)), tokenizer)
+    task = get_task(cfg.task.name, **cfg.task.options)
+    task.unit_views(*_probe(task, opts.difficulties[0]))  # fails early, naming the task, if it has no views
+    n_levels, ckpt = len(opts.difficulties), ctx.run_dir / "checkpoints"
+    hints = opts.hints or opts.budget
+
+    # --- 1. splits per level: SFT prompts, ranked prompts, held-out prompts (disjoint) ----------------------
+    sft_train, sft_eval, compare_sets, held_sets = [], [], [], []
+    for d in opts.difficulties:
+        train = task.sample(cfg.task.num_train, d, seed=cfg.seed)
+        seen = {p.prompt for p in train}
+        held = [
+            p for p in task.sample(cfg.task.num_eval, d, seed=cfg.seed + 1_000_003) if p.prompt not in seen
+        ]
+        seen |= {p.prompt for p in held}
+        compare = [
+            p
+            for p in task.sample(2 * opts.num_comparisons, d, seed=cfg.seed + 2_000_003)
+            if p.prompt not in seen
+        ][: opts.num_comparisons]
+        if len(held) < opts.eval_prompts or len(compare) < opts.num_comparisons:
+            raise ValueError(
+                f"difficulty {d}: only {len(held)} held-out and {len(compare)} ranked prompts unseen in SFT "
+                f"(need experiment.eval_prompts={opts.eval_prompts}, experiment.num_comparisons="
+                f"{opts.num_comparisons}); raise task.num_eval or pick harder difficulties"
+            )
+        sft_train += train
+        sft_eval += held[: max(1, opts.eval_prompts // n_levels)]
+        compare_sets.append(compare)
+        held_sets.append(held[: opts.eval_prompts])
+
+    # --- 2. one SFT policy for every level --------------------------------------------------------------------
+    longest = max(len(tokenizer.encode(p.solution)) for p in sft_train)
+    sft = train_sft(
+        train_cfg=cfg.train,
+        model_cfg=model_cfg,
+        seed=cfg.seed,
+        mesh=mesh,
+        rules=rules,
+        tokenizer=tokenizer,
+        task=task,
+        train_examples=tokenize_problems(sft_train, tokenizer),
+        eval_examples=tokenize_problems(sft_eval, tokenizer),
+        eval_problems=sft_eval,
+        checkpoint_dir=ckpt / "sft",
+        tracker=RenamedTracker(ctx.tracker, {"train/": "sft/"}),
+        eval_samples=len(sft_eval),
+        max_new_tokens=round_up(longest + 8),
+        metric_prefix="sft/eval_",
+    )
+    policy = sft.model()
+
+    # --- 3. policy samples per level, with gold and views -----------------------------------------------------
+    levels: list[Level] = []
+    for i, d in enumerate(opts.difficulties):
+        compare, held = compare_sets[i], held_sets[i]
+        longest = max(len(tokenizer.encode(p.solution)) for p in compare + held)
+        sampler = Sampler(
+            policy,
+            SamplingConfig(max_new_tokens=round_up(longest + longest // 4 + 1), temperature=opts.temperature),
+            (tokenizer.eos_id,),
+            tokenizer.pad_id,
+        )
+        key = jax.random.key(stable_seed(cfg.seed, "samples", d))
+        responses = _sample(sampler, tokenizer, compare, opts.k, jax.random.fold_in(key, 0))
+        eval_responses = _sample(sampler, tokenizer, held, opts.best_of_n, jax.random.fold_in(key, 1))
+        units = len(task.unit_checks(compare[0], compare[0].solution))  # every step and the answer
+        # BOS, the longest reference context with room for a few more digits, newline, the line, its end
+        context = max(len(v.partition("\n")[0]) for p in compare for v in task.unit_views(p, p.solution))
+        width = round_up(1 + context + 2 + 1 + opts.max_line_chars + 1, 4)
+
+        def gold(problems, texts, fn):
+            return np.asarray([[fn(p, t) for t in ts] for p, ts in zip(problems, texts, strict=True)])
+
+        def views(problems, texts, units=units, width=width):
+            return pack_views(task, problems, texts, tokenizer, units, width, opts.max_line_chars)
+
+        levels.append(
+            Level(
+                index=i,
+                difficulty=d,
+                compare=compare,
+                responses=responses,
+                correct=gold(compare, responses, lambda p, t: task.check(p, t).correct),
+                unit_ok=[
+                    [task.unit_checks(p, t) for t in ts] for p, ts in zip(compare, responses, strict=True)
+                ],
+                views=views(compare, responses),
+                held_out=held,
+                eval_gold=gold(held, eval_responses, lambda p, t: gold_reward(task, p, t)),
+                eval_correct=gold(held, eval_responses, lambda p, t: task.check(p, t).correct),
+                eval_views=views(held, eval_responses),
+            )
+        )
+
+    # --- 4. reward models, level by level (each trained with its assistant's pointers) ---------------------
+    rm_cfg = dataclasses.replace(
+        cfg.train,
+        steps=opts.rm_steps,
+        batch_size=min(opts.rm_batch_size, opts.num_comparisons),
+        learning_rate=opts.rm_learning_rate,
+        warmup_steps=min(cfg.train.warmup_steps, max(opts.rm_steps // 10, 1)),
+        eval_every=0,
+        checkpoint_every=opts.rm_steps,
+    )
+    rm_graphdef, rm_init, rm_shardings = train_state_from_model(policy, make_optimizer(rm_cfg), mesh, rules)
+    rm_step = make_train_step(rm_graphdef, process_reward_model_loss, rm_shardings, mesh, rules)
+    data_keys = ("views", "view_mask", "unit_mask") + (("unit_tokens",) if opts.rm_generative else ())
+
+    @jax.jit
+    def _score(state, views, view_mask, line):  # (R, U, W) -> (R, U) unit logits
+        model, _ = nnx.merge(rm_graphdef, state)
+        return unit_scores(model, views, view_mask, unit_tokens=line if opts.rm_generative else None)
+
+    def score_units(state, data: dict[str, np.ndarray]) -> np.ndarray:
+        """Unit logits (P, K, U) of packed views, in chunks of one fixed shape."""
+        lead, (u, w) = data["views"].shape[:2], data["views"].shape[2:]
+        arrays = [data[name].reshape(-1, u, w) for name in ("views", "view_mask", "unit_tokens")]
+        out = []
+        for s in range(0, len(arrays[0]), _SCORE_CHUNK):
+            chunk = [a[s : s + _SCORE_CHUNK] for a in arrays]
+            pad = _SCORE_CHUNK - len(chunk[0])
+            if pad:  # the padding rows repeat a real row; their scores are dropped
+                chunk = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in chunk]
+            out.append(np.asarray(_score(state, *chunk))[: _SCORE_CHUNK - pad])
+        return np.concatenate(out).reshape(*lead, u)
+
+    arms = opts.arm_list()
+    plan = training_plan(n_levels, arms)
+    trained: dict[Feedback, dict] = {}  # feedback -> state, fingerprint, judgements
+    manifest: dict[str, dict] = {}
+    rows_by_feedback: dict[Feedback, list[dict]] = {}
+    sft_steps = cfg.train.steps
+    for n_done, fb in enumerate(plan):
+        lv = levels[fb.level]
+        # -- who ranks: gold, or the overseer with the assistant's pointers
+        pointers, used = None, None
+        if fb.assistant is not None:
+            helper = trained[fb.assistant]
+            logits = score_units(helper["state"], lv.views)  # (P, K, U)
+            logits = np.where(lv.views["unit_mask"] > 0, logits, np.inf)
+            order = np.argsort(logits, axis=-1, kind="stable")[..., :hints]  # least likely right first
+            counts = lv.views["unit_mask"].sum(-1).astype(int)  # (P, K)
+            pointers = [
+                [[int(u) for u in order[i, j] if u < counts[i, j]] for j in range(opts.k)]
+                for i in range(len(lv.compare))
+            ]
+            used = fingerprint(helper["state"])
+            manifest[fb.assistant.key].setdefault("assisted", []).append(
+                {"feedback": fb.key, "fingerprint": used}
+            )
+        judged = _judge(task, lv, fb, opts, pointers, stable_seed(cfg.seed, "judge", fb.key))
+
+        # -- the reward model
+        data = _rankings(lv, judged["scores"], data_keys)
+        slug = fb.key.replace(":", "_").replace("+", "-")
+        checkpointer = Checkpointer(ckpt / "rm" / slug, keep=1)
+        state = train_loop(
+            state=jax.tree.map(jnp.copy, rm_init),  # every reward model starts from the SFT weights
+            step_fn=rm_step,
+            batch_fn=epoch_batches(data, rm_cfg.batch_size, stable_seed(cfg.seed, "rm", fb.key)),
+            cfg=rm_cfg,
+            tracker=RenamedTracker(ctx.tracker, {"train/": f"rm_{slug}/"}),
+            checkpointer=checkpointer,
+            mesh=mesh,
+            rules=rules,
+            desc=f"rm {fb.key}",
+            step_offset=sft_steps + n_done * opts.rm_steps,
+        )
+        checkpointer.close()
+        trained[fb] = {"state": state, "judged": judged}
+        manifest[fb.key] = {
+            "level": fb.level,
+            "difficulty": lv.difficulty,
+            "source": fb.source,
+            "assistant": fb.assistant.key if fb.assistant else None,
+            "assistant_fingerprint": used,
+            "fingerprint": fingerprint(state),
+            # preferences it learnt from (pairs of one prompt's responses the judge did not tie)
+            "pairs": int((data["ranks"][:, :, None] < data["ranks"][:, None, :]).sum()),
+        }
+        rewards = np.asarray(process_reward(score_units(state, lv.eval_views), lv.eval_views["unit_mask"]))
+        rows_by_feedback[fb] = _feedback_rows(task, lv, fb, opts, judged, pointers, rewards, trained)
+
+    # --- 5. results: every arm at every level -------------------------------------------------------------
+    rows: list[dict] = []
+    for lv in levels:
+        common = {"level": lv.index, "difficulty": lv.difficulty, "task": cfg.task.name}
+        n_eval = lv.eval_correct.size
+        rows.append(
+            proportion_row("policy/sample_accuracy", int(lv.eval_correct.sum()), n_eval, arm="", **common)
+        )
+        oracle = lv.eval_correct.any(1)
+        rows.append(
+            proportion_row("policy/oracle_accuracy", int(oracle.sum()), len(oracle), arm="", **common)
+        )
+        rows.append(bootstrap_row("policy/sample_reward", lv.eval_gold.mean(1), np.mean, arm="", **common))
+        rows.append(bootstrap_row("policy/oracle_reward", lv.eval_gold.max(1), np.mean, arm="", **common))
+        for arm in arms:
+            fb = arm_feedback(arm, lv.index)
+            extra = {
+                "arm": arm,
+                "feedback": fb.key,
+                "assistant": fb.assistant.key if fb.assistant else "",
+                "depth_used": fb.depth,
+            }
+            rows += [{**r, **extra, **common} for r in rows_by_feedback[fb]]
+    ctx.tracker.table("results", rows)
+    (ctx.run_dir / "rrm_models.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    summary = {
+        f"{r['metric']}/L{r['level']}/{r['arm']}": r["value"]
+        for r in rows
+        if r["metric"]
+        in ("policy/gold_reward", "policy/gold_accuracy", "rm/accuracy_gold", "overseer/accuracy")
+    }
+    ctx.tracker.summary(summary)
+    print(format_table(rows, arms), f"\nrun folder {ctx.run_dir}", sep="")
+
+
+def _probe(task: Task, difficulty: int) -> tuple[Problem, str]:
+    problem = task.sample(1, difficulty, seed=0)[0]
+    return problem, problem.solution
+
+
+def _sample(sampler: Sampler, tokenizer, problems: list[Problem], per_prompt: int, key) -> list[list[str]]:
+    """`per_prompt` samples of each problem, grouped by problem."""
+    prompts = [p for p in tokenize_problems(problems, tokenizer)[0] for _ in range(per_prompt)]
+    texts: list[str] = []
+    for s in range(0, len(prompts), _SAMPLE_CHUNK):
+        out = sampler.sample(prompts[s : s + _SAMPLE_CHUNK], jax.random.fold_in(key, s))
+        texts += decode_responses(tokenizer, out.tokens, out.mask)
+    return [texts[i * per_prompt : (i + 1) * per_prompt] for i in range(len(problems))]
+
+
+def _judge(task: Task, lv: Level, fb: Feedback, opts: RRMOptions, pointers, seed: int) -> dict:
+    """Scores (P, K) of the level's responses by `fb`'s judge, and what it flagged and how many units it
+    checked per response."""
+    if fb.source == "gold":
+        judge = GoldOverseer(task, seed=seed)
+        js = [judge.judge(p, r) for p, r in zip(lv.compare, lv.responses, strict=True)]
+        scores = np.asarray([j.scores for j in js])
+        return {"scores": scores, "flagged": ~lv.correct, "checks": None}
+    overseer = SimulatedHuman(opts.capacity(), task, seed=seed)
+    js = []
+    for i, (p, r) in enumerate(zip(lv.compare, lv.responses, strict=True)):
+        shown = None
+        if pointers is not None:
+            shown = Assistance([[Critique(u) for u in pointers[i][j]] for j in range(len(r))])
+        js.append(overseer.judge(p, r, shown))
+    return {
+        "scores": np.asarray([j.scores for j in js]),
+        "flagged": np.asarray([[f.flawed for f in j.flaws] for j in js]),
+        "checks": np.asarray([[len(f.checked) for f in j.flaws] for j in js]),
+    }
+
+
+def _rankings(lv: Level, scores: np.ndarray, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Training data of a reward model: each prompt's K responses best first by the judge's scores (ties,
+    i.e. equal scores, carry no preference)."""
+    order = np.argsort(-scores, axis=1, kind="stable")  # (P, K)
+    take = lambda x: np.take_along_axis(x, order.reshape(*order.shape, *([1] * (x.ndim - 2))), 1)  # noqa: E731
+    ranks = np.asarray([ranks_from_scores(list(s[o])) for s, o in zip(scores, order, strict=True)], np.int32)
+    return {
+        **{key: take(lv.views[key]) for key in keys},
+        "valid": np.ones(order.shape, np.int32),
+        "ranks": ranks,
+    }
+
+
+def _feedback_rows(task, lv: Level, fb: Feedback, opts, judged, pointers, rewards, trained) -> list[dict]:
+    """Rows of one feedback at its level: its judge against gold, its reward model, its best-of-N policy."""
+    wrong = ~lv.correct  # (P, K) gold: the response is wrong
+    flagged = judged["flagged"]
+    rows = [
+        proportion_row("overseer/accuracy", int((flagged == wrong).sum()), wrong.size),
+        proportion_row("overseer/recall", int((flagged & wrong).sum()), int(wrong.sum())),
+        proportion_row("overseer/false_alarms", int((flagged & ~wrong).sum()), int((~wrong).sum())),
+    ]
+    if judged["checks"] is not None:
+        checks = judged["checks"]
+        rows.append(
+            {
+                "metric": "overseer/checks",
+                "value": float(checks.mean()),
+                "ci_low": None,
+                "ci_high": None,
+                "n": int(checks.size),
+                "max_checks": int(checks.max()),
+                "budget": opts.budget,
+            }
+        )
+    alone_fb = Feedback(fb.level, "overseer")
+    if fb.assistant is not None and alone_fb in trained:
+        alone = trained[alone_fb]["judged"]["flagged"]
+        right_alone, right_now = alone == wrong, flagged == wrong
+        rows.append(proportion_row("overseer/harmed", int((right_alone & ~right_now).sum()), wrong.size))
+        rows.append(proportion_row("overseer/helped", int((~right_alone & right_now).sum()), wrong.size))
+    if fb.assistant is not None:
+        hits = [
+            not lv.unit_ok[i][j][pointers[i][j][0]]
+            for i, j in zip(*np.nonzero(wrong), strict=True)
+            if pointers[i][j] and pointers[i][j][0] < len(lv.unit_ok[i][j])
+        ]
+        rows.append(proportion_row("assistant/hit", int(sum(hits)), int(wrong.sum())))
+    # the reward model on held-out samples: gold-ordered pairs, and best-of-N
+    right = total = 0.0
+    for r, g in zip(rewards, lv.eval_gold, strict=True):
+        dr, dg = r[:, None] - r[None, :], g[:, None] - g[None, :]
+        pairs = dg > 0
+        total += pairs.sum()
+        right += (dr[pairs] > 0).sum() + 0.5 * (dr[pairs] == 0).sum()
+    rows.append(proportion_row("rm/accuracy_gold", int(round(right)), int(total)))
+    pick = rewards.argmax(1)
+    chosen = lv.eval_correct[np.arange(len(pick)), pick]
+    rows.append(proportion_row("policy/gold_accuracy", int(chosen.sum()), len(chosen), N=opts.best_of_n))
+    graded = lv.eval_gold[np.arange(len(pick)), pick]
+    rows.append(bootstrap_row("policy/gold_reward", graded, np.mean, N=opts.best_of_n))
+    return rows
+
+
+def format_table(rows: list[dict], arms: list[str]) -> str:
+    """Policy gold accuracy (best-of-N) per level and arm, with the reward model's and the overseer's."""
+    levels = sorted({r["level"] for r in rows})
+    get = {(r["metric"], r["level"], r.get("arm", "")): r for r in rows}
+    lines = []
+    for metric in ("overseer/accuracy", "rm/accuracy_gold", "policy/gold_reward", "policy/gold_accuracy"):
+        lines.append(f"{metric:<22}" + "".join(f"{a:>16}" for a in arms))
+        for level in levels:
+            cells = "".join(f"{get[(metric, level, a)]['value']:>16.3f}" for a in arms)
+            lines.append(
+                f"  level {level} (d{get[(metric, level, arms[0])]['difficulty']})".ljust(22) + cells
+            )
+    for level in levels:
+        s, o = get[("policy/sample_accuracy", level, "")], get[("policy/oracle_accuracy", level, "")]
+        sr, orr = get[("policy/sample_reward", level, "")], get[("policy/oracle_reward", level, "")]
+        lines.append(
+            f"level {level}: SFT samples: accuracy {s['value']:.3f}, gold reward {sr['value']:.3f}; "
+            f"best of the N by gold: accuracy {o['value']:.3f}, gold reward {orr['value']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="rrm",
+    description="Recursive reward modelling on a difficulty ladder: overseer + lower-level reward models as step verifiers.",
+    options=RRMOptions,
+    run=run,
+)
