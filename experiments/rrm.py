@@ -76,6 +76,8 @@ from oversight.tasks.base import Critique, Problem, Task
 from oversight.training.checkpoint import Checkpointer
 from oversight.training.loop import make_optimizer, make_train_step, train_loop
 from oversight.training.reward_model import (
+    RewardNormalization,
+    fold_normalization,
     process_reward,
     process_reward_model_loss,
     ranks_from_scores,
@@ -128,6 +130,8 @@ class RRMOptions:
     # Add each unit's log-likelihood under the reward model's own LM head to its score (a generative
     # verifier started from the SFT policy); false: the scalar head alone.
     rm_generative: bool = True
+    # P(right) the untrained reward model gives the units of reference solutions (its head is shifted to it).
+    rm_reference_p: float = 0.95
     # Characters of a unit's line kept in its view (longer lines are wrong anyway; fixed shapes).
     max_line_chars: int = 16
 
@@ -155,6 +159,8 @@ class RRMOptions:
                 )
         if self.hints is not None and self.hints < 1:
             raise ValueError(f"experiment.hints={self.hints} must be >= 1 (or null for the budget)")
+        if not 0 < self.rm_reference_p < 1:
+            raise ValueError(f"experiment.rm_reference_p={self.rm_reference_p} must be in (0, 1)")
         for name in ("num_comparisons", "eval_prompts", "best_of_n", "rm_steps", "rm_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"experiment.{name}={getattr(self, name)} must be >= 1")
@@ -304,6 +310,8 @@ class Level:
     eval_gold: np.ndarray  # (E, N) float
     eval_correct: np.ndarray  # (E, N) bool
     eval_views: dict[str, np.ndarray]  # (E, N, U, W)
+    # the reference solutions of the ranked prompts (P, 1, U, W)
+    reference_views: dict[str, np.ndarray]
 
 
 def fingerprint(state) -> str:
@@ -419,6 +427,7 @@ def run(ctx: RunContext) -> None:
                 eval_gold=gold(held, eval_responses, lambda p, t: gold_reward(task, p, t)),
                 eval_correct=gold(held, eval_responses, lambda p, t: task.check(p, t).correct),
                 eval_views=views(held, eval_responses),
+                reference_views=views(compare, [[p.solution] for p in compare]),
             )
         )
 
@@ -432,7 +441,8 @@ def run(ctx: RunContext) -> None:
         eval_every=0,
         checkpoint_every=opts.rm_steps,
     )
-    rm_graphdef, rm_init, rm_shardings = train_state_from_model(policy, make_optimizer(rm_cfg), mesh, rules)
+    rm_model = nnx.merge(*nnx.split(policy))  # a copy of the SFT policy: every reward model's start
+    rm_graphdef, rm_init, rm_shardings = train_state_from_model(rm_model, make_optimizer(rm_cfg), mesh, rules)
     rm_step = make_train_step(rm_graphdef, process_reward_model_loss, rm_shardings, mesh, rules)
     data_keys = ("views", "view_mask", "unit_mask") + (("unit_tokens",) if opts.rm_generative else ())
 
@@ -453,6 +463,18 @@ def run(ctx: RunContext) -> None:
                 chunk = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in chunk]
             out.append(np.asarray(_score(state, *chunk))[: _SCORE_CHUNK - pad])
         return np.concatenate(out).reshape(*lead, u)
+
+    # Before training, shift the head so the units of the reference solutions score P(right) =
+    # rm_reference_p, as InstructGPT normalises its reward model on demonstrations. (A unit's likelihood term
+    # is negative even when the unit is right; unshifted, every unit would cost reward and the reward would
+    # favour responses that stop early.)
+    reference = [
+        score_units(rm_init, lv.reference_views)[lv.reference_views["unit_mask"] > 0] for lv in levels
+    ]
+    shift = float(np.log(opts.rm_reference_p / (1 - opts.rm_reference_p)) - np.concatenate(reference).mean())
+    fold_normalization(rm_model, RewardNormalization(jnp.float32(1.0), jnp.float32(shift)))
+    _, rm_init, _ = train_state_from_model(rm_model, make_optimizer(rm_cfg), mesh, rules)
+    ctx.tracker.summary({"rm/reference_shift": shift})
 
     arms = opts.arm_list()
     plan = training_plan(n_levels, arms)
