@@ -215,7 +215,9 @@ def test_generative_unit_scores_add_the_log_likelihood_of_the_units_own_tokens(r
 
     views = jnp.asarray([[[1, 5, 6, 9, 4, 0], [1, 7, 9, 3, 0, 0]]], jnp.int32)  # (1, U=2, W=6)
     mask = (views > 0).astype(jnp.int32)
-    unit = jnp.asarray([[[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 0]]], jnp.float32)  # the tokens after the context
+    unit = jnp.asarray(
+        [[[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 0]]], jnp.float32
+    )  # the tokens after the context
     plain = nnx.jit(unit_scores)(reward_model, views, mask)
     generative = nnx.jit(unit_scores)(reward_model, views, mask, unit_tokens=unit)
     logp = token_logprobs(reward_model, views[0], mask[0])  # (U, W-1): token t+1 given 0..t
