@@ -35,9 +35,14 @@ amplification); `assistant/hit` (the assistant's first pointer is at a wrong uni
 `rm/accuracy_gold` on held-out gold-ordered pairs; `policy/gold_reward` (graded gold reward: 1 if right, else
 the fraction of units passing, scaled below 1) and `policy/gold_accuracy` of the best-of-N pick. Per level,
 the same for the SFT samples themselves (`policy/sample_reward`, `policy/sample_accuracy`: N = 1) and for the
-best of the N by gold (`policy/oracle_reward`, `policy/oracle_accuracy`: what a perfect reward model picks). `rrm_models.json` records
-every reward model trained (its feedback, the assistant it was trained with, a fingerprint of its parameters)
-and the fingerprint of each model where it was used as an assistant.
+best of the N by gold (`policy/oracle_reward`, `policy/oracle_accuracy`: what a perfect reward model picks), and
+two baselines without a reward model: `policy/chance_reward`, best-of-N with a scorer at chance (the mean gold
+over each prompt's *distinct* samples: identical texts get one score, so chance picks distinct texts
+uniformly, and that is below the sample mean when the policy repeats its right answers more than its wrong
+ones), and `policy/mode_reward`, the most frequent sample. `rrm_eval_scores.npz` holds every reward model's
+unit logits on the held-out samples (`save_eval_scores`). `rrm_models.json` records every reward model trained
+(its feedback, the assistant it was trained with, a fingerprint of its parameters) and the fingerprint of each
+model where it was used as an assistant.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ from oversight.training.sft import epoch_batches
 # rows of policy samples per sampler call and per scoring call (fixed shapes: one program each per level)
 _SAMPLE_CHUNK = 256
 _SCORE_CHUNK = 128
+_BASELINES = ("sample", "oracle", "chance", "mode")  # per-level policy/{name}_reward rows
 
 
 @dataclass
@@ -307,11 +313,55 @@ class Level:
     views: dict[str, np.ndarray]  # (P, K, U, W)
     # held-out prompts, N samples each, their gold reward and correctness, and views
     held_out: list[Problem]
+    eval_responses: list[list[str]]
     eval_gold: np.ndarray  # (E, N) float
     eval_correct: np.ndarray  # (E, N) bool
     eval_views: dict[str, np.ndarray]  # (E, N, U, W)
     # the reference solutions of the ranked prompts (P, 1, U, W)
     reference_views: dict[str, np.ndarray]
+
+
+def distinct_means(responses: list[list[str]], values: np.ndarray) -> np.ndarray:
+    """Per prompt, the mean of `values` (P, N) over its *distinct* responses: the expected value of best-of-N
+    under a scorer at chance. A scorer gives identical texts one score, so at chance it picks each distinct
+    text equally often, not each sample; when the policy repeats its right answers more often than its wrong
+    ones, this is below the mean over samples."""
+    out = []
+    for texts, vals in zip(responses, values, strict=True):
+        first = {text: j for j, text in reversed(list(enumerate(texts)))}  # text -> its first sample
+        out.append(np.mean([vals[j] for j in first.values()]))
+    return np.asarray(out)
+
+
+def most_frequent(texts: list[str]) -> int:
+    """Index of the first sample of the most frequent text (ties: the text sampled first)."""
+    counts = {text: texts.count(text) for text in texts}
+    return max(range(len(texts)), key=lambda j: (counts[texts[j]], -j))
+
+
+def save_eval_scores(path, task: Task, levels: list[Level], eval_logits: dict[Feedback, np.ndarray]) -> None:
+    """Every reward model's unit logits on its level's held-out samples, next to the samples and their gold,
+    so what a reward model prefers can be inspected after the run (`numpy.load(path)`; keys `L{level}/...`:
+    responses (E, N) str, gold_reward and correct (E, N), unit_mask (E, N, U), unit_ok (E, N, U) with -1 on
+    padding units, and `L{level}/logits/{feedback key}` (E, N, U))."""
+    arrays: dict[str, np.ndarray] = {}
+    for lv in levels:
+        mask = lv.eval_views["unit_mask"]
+        unit_ok = np.full(mask.shape, -1, np.int8)
+        for i, (problem, texts) in enumerate(zip(lv.held_out, lv.eval_responses, strict=True)):
+            for j, text in enumerate(texts):
+                ok = task.unit_checks(problem, text)[: mask.shape[-1]]
+                unit_ok[i, j, : len(ok)] = ok
+        arrays |= {
+            f"L{lv.index}/responses": np.asarray(lv.eval_responses, dtype=str),
+            f"L{lv.index}/gold_reward": lv.eval_gold,
+            f"L{lv.index}/correct": lv.eval_correct,
+            f"L{lv.index}/unit_mask": mask,
+            f"L{lv.index}/unit_ok": unit_ok,
+        }
+    for fb, logits in eval_logits.items():
+        arrays[f"L{fb.level}/logits/{fb.key}"] = logits
+    np.savez_compressed(path, **arrays)
 
 
 def fingerprint(state) -> str:
@@ -424,6 +474,7 @@ def run(ctx: RunContext) -> None:
                 ],
                 views=views(compare, responses),
                 held_out=held,
+                eval_responses=eval_responses,
                 eval_gold=gold(held, eval_responses, lambda p, t: gold_reward(task, p, t)),
                 eval_correct=gold(held, eval_responses, lambda p, t: task.check(p, t).correct),
                 eval_views=views(held, eval_responses),
@@ -481,6 +532,7 @@ def run(ctx: RunContext) -> None:
     trained: dict[Feedback, dict] = {}  # feedback -> state, fingerprint, judgements
     manifest: dict[str, dict] = {}
     rows_by_feedback: dict[Feedback, list[dict]] = {}
+    eval_logits: dict[Feedback, np.ndarray] = {}
     sft_steps = cfg.train.steps
     for n_done, fb in enumerate(plan):
         lv = levels[fb.level]
@@ -530,7 +582,8 @@ def run(ctx: RunContext) -> None:
             # preferences it learnt from (pairs of one prompt's responses the judge did not tie)
             "pairs": int((data["ranks"][:, :, None] < data["ranks"][:, None, :]).sum()),
         }
-        rewards = np.asarray(process_reward(score_units(state, lv.eval_views), lv.eval_views["unit_mask"]))
+        eval_logits[fb] = score_units(state, lv.eval_views)  # (E, N, U)
+        rewards = np.asarray(process_reward(eval_logits[fb], lv.eval_views["unit_mask"]))
         rows_by_feedback[fb] = _feedback_rows(task, lv, fb, opts, judged, pointers, rewards, trained)
 
     # --- 5. results: every arm at every level -------------------------------------------------------------
@@ -547,6 +600,22 @@ def run(ctx: RunContext) -> None:
         )
         rows.append(bootstrap_row("policy/sample_reward", lv.eval_gold.mean(1), np.mean, arm="", **common))
         rows.append(bootstrap_row("policy/oracle_reward", lv.eval_gold.max(1), np.mean, arm="", **common))
+        # what best-of-N reaches with no reward model: by chance, and by picking the most frequent sample
+        rows.append(
+            bootstrap_row(
+                "policy/chance_reward",
+                distinct_means(lv.eval_responses, lv.eval_gold),
+                np.mean,
+                arm="",
+                **common,
+            )
+        )
+        mode = np.asarray([most_frequent(texts) for texts in lv.eval_responses])
+        rows.append(
+            bootstrap_row(
+                "policy/mode_reward", lv.eval_gold[np.arange(len(mode)), mode], np.mean, arm="", **common
+            )
+        )
         for arm in arms:
             fb = arm_feedback(arm, lv.index)
             extra = {
@@ -558,6 +627,7 @@ def run(ctx: RunContext) -> None:
             rows += [{**r, **extra, **common} for r in rows_by_feedback[fb]]
     ctx.tracker.table("results", rows)
     (ctx.run_dir / "rrm_models.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    save_eval_scores(ctx.run_dir / "rrm_eval_scores.npz", task, levels, eval_logits)
     summary = {
         f"{r['metric']}/L{r['level']}/{r['arm']}": r["value"]
         for r in rows
@@ -683,10 +753,11 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
             )
     for level in levels:
         s, o = get[("policy/sample_accuracy", level, "")], get[("policy/oracle_accuracy", level, "")]
-        sr, orr = get[("policy/sample_reward", level, "")], get[("policy/oracle_reward", level, "")]
+        reward = {name: get[(f"policy/{name}_reward", level, "")]["value"] for name in _BASELINES}
         lines.append(
-            f"level {level}: SFT samples: accuracy {s['value']:.3f}, gold reward {sr['value']:.3f}; "
-            f"best of the N by gold: accuracy {o['value']:.3f}, gold reward {orr['value']:.3f}"
+            f"level {level}: SFT samples: accuracy {s['value']:.3f}, gold reward {reward['sample']:.3f}; "
+            f"best of the N by gold: accuracy {o['value']:.3f}, gold reward {reward['oracle']:.3f}; "
+            f"no reward model: at chance {reward['chance']:.3f}, most frequent sample {reward['mode']:.3f}"
         )
     return "\n".join(lines)
 

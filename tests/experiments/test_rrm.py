@@ -3,6 +3,7 @@ trained model assists which overseer), options, and a tiny end-to-end run."""
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments.rrm import (
@@ -10,6 +11,8 @@ from experiments.rrm import (
     RRMOptions,
     arm_feedback,
     arm_names,
+    distinct_means,
+    most_frequent,
     recursive_feedback,
     training_plan,
 )
@@ -58,6 +61,17 @@ def test_feedback_and_options_reject_a_broken_recursion():
         RRMOptions(hints=0)
     with pytest.raises(ValueError, match="experiment.assistance"):
         RRMOptions(assistance="obey")
+
+
+def test_best_of_n_baselines_without_a_reward_model():
+    responses = [["a", "a", "a", "b"], ["x", "y", "x", "y"]]
+    gold = np.array([[1.0, 1.0, 1.0, 0.0], [0.2, 0.6, 0.2, 0.6]])
+    # chance picks each distinct text with probability 1/2: (1 + 0) / 2 and (0.2 + 0.6) / 2, where the mean
+    # over samples is 0.75 and 0.4
+    assert np.allclose(distinct_means(responses, gold), [0.5, 0.4])
+    assert most_frequent(responses[0]) == 0
+    assert most_frequent(["b", "a", "a", "b"]) == 0  # a tie goes to the text sampled first
+    assert most_frequent(["c", "b", "a", "a"]) == 2
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +132,40 @@ def test_tiny_run_reports_every_arm_at_every_level_within_the_overseers_budget(t
     assert level0["unassisted"] == level0["rrm_depth2"] == level0["gold_assistant"]
 
 
+def test_saved_eval_scores_reproduce_the_reported_best_of_n(tiny_run):
+    run_dir, rows = tiny_run
+    saved = np.load(run_dir / "rrm_eval_scores.npz")
+    models = json.loads((run_dir / "rrm_models.json").read_text())
+    for key, m in models.items():
+        level = m["level"]
+        logits = saved[f"L{level}/logits/{key}"]  # (E, N, U)
+        mask, unit_ok = saved[f"L{level}/unit_mask"], saved[f"L{level}/unit_ok"]
+        gold, correct = saved[f"L{level}/gold_reward"], saved[f"L{level}/correct"]
+        assert logits.shape == mask.shape == unit_ok.shape and gold.shape == (6, 3)
+        assert ((unit_ok >= 0) == (mask > 0)).all()
+        # gold from the unit checks, by hand: 1 if every unit passes, else passing / (units + 1)
+        passing, units = (unit_ok == 1).sum(-1), (unit_ok >= 0).sum(-1)
+        assert np.allclose(gold, np.where(passing == units, 1.0, passing / (units + 1)))
+        reward = (-np.logaddexp(np.float32(0), -logits) * mask).sum(-1)  # log sigmoid, summed over real units
+        pick = reward.argmax(1)
+        for arm in arm_names(2):
+            if arm_feedback(arm, level).key != key:
+                continue
+            got = {r["metric"]: r["value"] for r in rows if r["level"] == level and r.get("arm") == arm}
+            assert got["policy/gold_reward"] == pytest.approx(gold[np.arange(6), pick].mean(), abs=1e-6)
+            assert got["policy/gold_accuracy"] == pytest.approx(correct[np.arange(6), pick].mean())
+
+
 def test_the_notebook_draws_policy_quality_against_difficulty(tiny_run, execute_notebook):
     printed, figures = execute_notebook(
         "rrm.ipynb", tiny_run[0], "print(arms, len(gains), sorted(per_level['metric'].unique()))"
     )
     assert printed.startswith(
         "['unassisted', 'rrm_depth1', 'rrm_depth2', 'gold_assistant', 'gold_feedback'] 24 "
-        "['policy/oracle_accuracy', 'policy/oracle_reward', 'policy/sample_accuracy', 'policy/sample_reward']"
+        "['policy/chance_reward', 'policy/mode_reward', 'policy/oracle_accuracy', 'policy/oracle_reward', "
+        "'policy/sample_accuracy', 'policy/sample_reward']"
     ), printed
-    assert figures == 1
+    assert figures == 2  # the main figure, and gold reward by reward-model rank
 
 
 def test_views_pack_each_line_with_what_ends_it_so_a_missing_unit_costs_a_token():
