@@ -15,7 +15,11 @@ One critique model (`experiments.critique`) is trained on every head, then measu
 - **G**: gold accuracy of its own sampled answers (N per problem, temperature 1). **GD gap**: gold accuracy of
   the sample it judges least likely flawed, minus G; **GC gap**: of the first sample its critique passes
   ("no flaw"; the first sample if none passes), minus G. Paired bootstrap over problems. The best-of-N
-  oracle (any sample correct) bounds both.
+  oracle (any sample correct) bounds both. A discriminator at chance does not score 0 on the GD gap: it
+  gives identical samples one score, so it picks distinct samples uniformly, and when the generator repeats
+  its right answers more than its wrong ones that is below G. `G/best_of_n_at_chance` is that null
+  (`chance_best_of_n`) and `gap/GD_over_chance` is D's selection minus it; `G/most_frequent` is majority
+  voting, the selection that needs no discriminator.
 - The helpfulness head's accuracy on its own critiques (against gold validity) and the gold accuracy of
   refinements of flawed responses given its own critique.
 
@@ -33,6 +37,7 @@ from experiments.critique import CritiqueModel, train_critique_model
 from oversight.registry import Experiment, RunContext
 from oversight.stats import auroc, bootstrap_row, proportion_row
 from oversight.tasks.base import Problem, Task
+from oversight.training.best_of_n import chance_best_of_n, most_frequent_indices
 
 
 @dataclass
@@ -123,34 +128,51 @@ def per_flaw_type_rows(j: ResponseJudgements, **extra) -> list[dict]:
 
 
 def selection_rows(
-    correct: np.ndarray, p_flawed: np.ndarray, passes: np.ndarray, bootstrap_seed: int = 0, **extra
+    samples: list[list[str]],
+    correct: np.ndarray,
+    p_flawed: np.ndarray,
+    passes: np.ndarray,
+    bootstrap_seed: int = 0,
+    **extra,
 ) -> list[dict]:
-    """G, best-of-N by D and by C, their gaps to G, and the oracle; inputs (P, N) per problem and sample.
+    """G, best-of-N by D and by C, their gaps to G, the oracle, and the selections without a scorer (at
+    chance, and majority vote); inputs (P, N) per problem and sample.
 
-    `correct`: gold; `p_flawed`: discriminator; `passes`: the critique of the sample says "no flaw". D picks
-    the sample with the lowest P(flawed) (first on ties); C picks the first passing sample (the first sample
-    if none passes) — samples are exchangeable draws, so "first" is a uniformly random choice."""
+    `samples`: the answers' texts; `correct`: gold; `p_flawed`: discriminator; `passes`: the critique of the
+    sample says "no flaw". D picks the sample with the lowest P(flawed) (first on ties); C picks the first
+    passing sample (the first sample if none passes) — samples are exchangeable draws, so "first" is a
+    uniformly random draw."""
     correct = np.asarray(correct, np.float64)
     n_problems = correct.shape[0]
     rows_idx = np.arange(n_problems)
     by_d = correct[rows_idx, np.argmin(p_flawed, axis=1)]  # (P,)
     by_c = correct[rows_idx, np.argmax(passes, axis=1)]  # argmax: first True, else 0
-    per_problem = np.stack([correct.mean(axis=1), by_d, by_c, correct.max(axis=1)], axis=1)  # (P, 4)
+    chance = chance_best_of_n(samples, correct)  # (P,)
+    voted = correct[rows_idx, most_frequent_indices(samples)]
+    per_problem = np.stack(
+        [correct.mean(axis=1), by_d, by_c, correct.max(axis=1), chance, voted], axis=1
+    )  # (P, 6)
     n = correct.shape[1]
 
     def col(i):
         return lambda x: x[:, i].mean()
 
-    def gap(i):
-        return lambda x: x[:, i].mean() - x[:, 0].mean()
+    def gap(i, base=0):
+        return lambda x: x[:, i].mean() - x[:, base].mean()
+
+    def row(metric, fn):
+        return bootstrap_row(metric, per_problem, fn, bootstrap_seed=bootstrap_seed, N=n, **extra)
 
     return [
-        bootstrap_row("G/accuracy", per_problem, col(0), bootstrap_seed=bootstrap_seed, N=n, **extra),
-        bootstrap_row("G/best_of_n_by_D", per_problem, col(1), bootstrap_seed=bootstrap_seed, N=n, **extra),
-        bootstrap_row("G/best_of_n_by_C", per_problem, col(2), bootstrap_seed=bootstrap_seed, N=n, **extra),
-        bootstrap_row("G/best_of_n_oracle", per_problem, col(3), bootstrap_seed=bootstrap_seed, N=n, **extra),
-        bootstrap_row("gap/GD", per_problem, gap(1), bootstrap_seed=bootstrap_seed, N=n, **extra),
-        bootstrap_row("gap/GC", per_problem, gap(2), bootstrap_seed=bootstrap_seed, N=n, **extra),
+        row("G/accuracy", col(0)),
+        row("G/best_of_n_by_D", col(1)),
+        row("G/best_of_n_by_C", col(2)),
+        row("G/best_of_n_oracle", col(3)),
+        row("G/best_of_n_at_chance", col(4)),
+        row("G/most_frequent", col(5)),
+        row("gap/GD", gap(1)),
+        row("gap/GC", gap(2)),
+        row("gap/GD_over_chance", gap(1, base=4)),
     ]
 
 
@@ -238,6 +260,7 @@ def run(ctx: RunContext) -> None:
     passes = np.array([says_no_flaw(task, c) for c in answer_critiques])
     shape = (len(bon), opts.bon_n)
     rows += selection_rows(
+        [answers[i : i + opts.bon_n] for i in range(0, len(answers), opts.bon_n)],
         correct.reshape(shape),
         p_flawed.reshape(shape),
         passes.reshape(shape),

@@ -39,7 +39,8 @@ best of the N by gold (`policy/oracle_reward`, `policy/oracle_accuracy`: what a 
 two baselines without a reward model: `policy/chance_reward`, best-of-N with a scorer at chance (the mean gold
 over each prompt's *distinct* samples: identical texts get one score, so chance picks distinct texts
 uniformly, and that is below the sample mean when the policy repeats its right answers more than its wrong
-ones), and `policy/mode_reward`, the most frequent sample. `rrm_eval_scores.npz` holds every reward model's
+ones: `oversight.training.best_of_n.chance_best_of_n`), and `policy/most_frequent_reward`, the most frequent
+sample. `rrm_eval_scores.npz` holds every reward model's
 unit logits on the held-out samples (`save_eval_scores`). `rrm_models.json` records every reward model trained
 (its feedback, the assistant it was trained with, a fingerprint of its parameters) and the fingerprint of each
 model where it was used as an assistant.
@@ -78,6 +79,7 @@ from oversight.sampling import Sampler, SamplingConfig
 from oversight.stats import bootstrap_row, proportion_row
 from oversight.tasks import get_task
 from oversight.tasks.base import Critique, Problem, Task
+from oversight.training.best_of_n import chance_best_of_n, most_frequent_indices
 from oversight.training.checkpoint import Checkpointer
 from oversight.training.loop import make_optimizer, make_train_step, train_loop
 from oversight.training.reward_model import (
@@ -93,7 +95,7 @@ from oversight.training.sft import epoch_batches
 # rows of policy samples per sampler call and per scoring call (fixed shapes: one program each per level)
 _SAMPLE_CHUNK = 256
 _SCORE_CHUNK = 128
-_BASELINES = ("sample", "oracle", "chance", "mode")  # per-level policy/{name}_reward rows
+_BASELINES = ("sample", "oracle", "chance", "most_frequent")  # per-level policy/{name}_reward rows
 
 
 @dataclass
@@ -319,24 +321,6 @@ class Level:
     eval_views: dict[str, np.ndarray]  # (E, N, U, W)
     # the reference solutions of the ranked prompts (P, 1, U, W)
     reference_views: dict[str, np.ndarray]
-
-
-def distinct_means(responses: list[list[str]], values: np.ndarray) -> np.ndarray:
-    """Per prompt, the mean of `values` (P, N) over its *distinct* responses: the expected value of best-of-N
-    under a scorer at chance. A scorer gives identical texts one score, so at chance it picks each distinct
-    text equally often, not each sample; when the policy repeats its right answers more often than its wrong
-    ones, this is below the mean over samples."""
-    out = []
-    for texts, vals in zip(responses, values, strict=True):
-        first = {text: j for j, text in reversed(list(enumerate(texts)))}  # text -> its first sample
-        out.append(np.mean([vals[j] for j in first.values()]))
-    return np.asarray(out)
-
-
-def most_frequent(texts: list[str]) -> int:
-    """Index of the first sample of the most frequent text (ties: the text sampled first)."""
-    counts = {text: texts.count(text) for text in texts}
-    return max(range(len(texts)), key=lambda j: (counts[texts[j]], -j))
 
 
 def save_eval_scores(path, task: Task, levels: list[Level], eval_logits: dict[Feedback, np.ndarray]) -> None:
@@ -604,16 +588,20 @@ def run(ctx: RunContext) -> None:
         rows.append(
             bootstrap_row(
                 "policy/chance_reward",
-                distinct_means(lv.eval_responses, lv.eval_gold),
+                chance_best_of_n(lv.eval_responses, lv.eval_gold),
                 np.mean,
                 arm="",
                 **common,
             )
         )
-        mode = np.asarray([most_frequent(texts) for texts in lv.eval_responses])
+        voted = most_frequent_indices(lv.eval_responses)
         rows.append(
             bootstrap_row(
-                "policy/mode_reward", lv.eval_gold[np.arange(len(mode)), mode], np.mean, arm="", **common
+                "policy/most_frequent_reward",
+                lv.eval_gold[np.arange(len(voted)), voted],
+                np.mean,
+                arm="",
+                **common,
             )
         )
         for arm in arms:
@@ -757,7 +745,7 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
         lines.append(
             f"level {level}: SFT samples: accuracy {s['value']:.3f}, gold reward {reward['sample']:.3f}; "
             f"best of the N by gold: accuracy {o['value']:.3f}, gold reward {reward['oracle']:.3f}; "
-            f"no reward model: at chance {reward['chance']:.3f}, most frequent sample {reward['mode']:.3f}"
+            f"no reward model: at chance {reward['chance']:.3f}, most frequent sample {reward['most_frequent']:.3f}"
         )
     return "\n".join(lines)
 

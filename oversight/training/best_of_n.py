@@ -7,7 +7,7 @@ upper bound otherwise (Beirami et al. 2024).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
@@ -49,6 +49,35 @@ def best_of_n(
     scores = scores.reshape(len(samples), n)
     idx = np.asarray(best_of_n_indices(scores))
     return idx, scores, [s[i] for s, i in zip(samples, idx, strict=True)]
+
+
+def chance_best_of_n(samples: Sequence[Sequence[Hashable]], values: np.ndarray) -> np.ndarray:
+    """What best-of-N reaches with a scorer at chance: per prompt, the mean of `values` (B, N) over the
+    prompt's *distinct* samples (B,).
+
+    Any scorer gives identical samples one score, so a scorer that knows nothing picks each distinct sample
+    equally often, not each draw. When the policy repeats its good samples more often than its bad ones, this
+    is below the mean over draws, so the mean over draws is the wrong null for a best-of-N selection."""
+    values = np.asarray(values, np.float64)
+    if values.shape != (len(samples), len(samples[0]) if samples else 0):
+        raise ValueError(
+            f"chance_best_of_n: values {values.shape} do not match {len(samples)} prompts' samples"
+        )
+    out = np.empty(len(samples))
+    for i, row in enumerate(samples):
+        first = {x: j for j, x in reversed(list(enumerate(row)))}  # sample -> index of its first draw
+        out[i] = values[i, list(first.values())].mean()
+    return out
+
+
+def most_frequent_indices(samples: Sequence[Sequence[Hashable]]) -> np.ndarray:
+    """Per prompt, the index of the first draw of its most frequent sample (B,) (ties: the sample drawn
+    first): best-of-N by majority vote, the baseline that needs no scorer."""
+    picks = []
+    for row in samples:
+        counts = {x: list(row).count(x) for x in row}
+        picks.append(max(range(len(row)), key=lambda j: (counts[row[j]], -j)))
+    return np.asarray(picks, np.int64)
 
 
 def best_of_n_kl(n: int | np.ndarray) -> float | np.ndarray:

@@ -78,14 +78,19 @@ def test_selection_by_d_and_by_c_on_a_known_case():
     correct = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], bool)
     p_flawed = np.array([[0.2, 0.5, 0.9], [0.3, 0.3, 0.1], [0.4, 0.4, 0.6]])
     passes = np.array([[0, 1, 1], [0, 0, 0], [1, 0, 0]], bool)
-    rows = _by_metric(selection_rows(correct, p_flawed, passes))
+    samples = [["7", "8", "7"], ["8", "9", "9"], ["1", "2", "3"]]
+    rows = _by_metric(selection_rows(samples, correct, p_flawed, passes))
     # D picks samples 0, 2, 0 (ties to the first) -> 0, 0, 0; C picks 1, 0 (none passes), 0 -> 1, 1, 0
+    # at chance: distinct samples {7, 8} -> 1/2, {8, 9} -> 1/2, {1, 2, 3} -> 0; the most frequent: 7, 9, 1 -> 0
     assert rows["G/accuracy", "all"]["value"] == pytest.approx(2 / 9)
     assert rows["G/best_of_n_by_D", "all"]["value"] == 0.0
     assert rows["G/best_of_n_by_C", "all"]["value"] == pytest.approx(2 / 3)
     assert rows["G/best_of_n_oracle", "all"]["value"] == pytest.approx(2 / 3)
     assert rows["gap/GD", "all"]["value"] == pytest.approx(-2 / 9)
     assert rows["gap/GC", "all"]["value"] == pytest.approx(4 / 9)
+    assert rows["G/best_of_n_at_chance", "all"]["value"] == pytest.approx(1 / 3)
+    assert rows["G/most_frequent", "all"]["value"] == 0.0
+    assert rows["gap/GD_over_chance", "all"]["value"] == pytest.approx(-1 / 3)
     assert all(r["n"] == 3 and r["N"] == 3 for r in rows.values())
 
 

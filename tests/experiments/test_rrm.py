@@ -11,8 +11,6 @@ from experiments.rrm import (
     RRMOptions,
     arm_feedback,
     arm_names,
-    distinct_means,
-    most_frequent,
     recursive_feedback,
     training_plan,
 )
@@ -61,17 +59,6 @@ def test_feedback_and_options_reject_a_broken_recursion():
         RRMOptions(hints=0)
     with pytest.raises(ValueError, match="experiment.assistance"):
         RRMOptions(assistance="obey")
-
-
-def test_best_of_n_baselines_without_a_reward_model():
-    responses = [["a", "a", "a", "b"], ["x", "y", "x", "y"]]
-    gold = np.array([[1.0, 1.0, 1.0, 0.0], [0.2, 0.6, 0.2, 0.6]])
-    # chance picks each distinct text with probability 1/2: (1 + 0) / 2 and (0.2 + 0.6) / 2, where the mean
-    # over samples is 0.75 and 0.4
-    assert np.allclose(distinct_means(responses, gold), [0.5, 0.4])
-    assert most_frequent(responses[0]) == 0
-    assert most_frequent(["b", "a", "a", "b"]) == 0  # a tie goes to the text sampled first
-    assert most_frequent(["c", "b", "a", "a"]) == 2
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +149,8 @@ def test_the_notebook_draws_policy_quality_against_difficulty(tiny_run, execute_
     )
     assert printed.startswith(
         "['unassisted', 'rrm_depth1', 'rrm_depth2', 'gold_assistant', 'gold_feedback'] 24 "
-        "['policy/chance_reward', 'policy/mode_reward', 'policy/oracle_accuracy', 'policy/oracle_reward', "
-        "'policy/sample_accuracy', 'policy/sample_reward']"
+        "['policy/chance_reward', 'policy/most_frequent_reward', 'policy/oracle_accuracy', "
+        "'policy/oracle_reward', 'policy/sample_accuracy', 'policy/sample_reward']"
     ), printed
     assert figures == 2  # the main figure, and gold reward by reward-model rank
 

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from oversight.training.best_of_n import best_of_n, best_of_n_indices, best_of_n_kl, best_of_n_kl_exact
+from oversight.training.best_of_n import (
+    best_of_n,
+    best_of_n_indices,
+    best_of_n_kl,
+    best_of_n_kl_exact,
+    chance_best_of_n,
+    most_frequent_indices,
+)
 
 
 def test_argmax_per_prompt_with_ties_to_the_lowest_index_and_nan_never_winning():
@@ -52,3 +59,27 @@ def test_analytic_kl_bounds_coarse_distributions_and_is_zero_for_one_sample():
         assert best_of_n_kl_exact(coarse, n) < best_of_n_kl(n)
     assert best_of_n_kl(1) == 0.0 and best_of_n_kl_exact(coarse, 1) == pytest.approx(0.0)
     np.testing.assert_allclose(best_of_n_kl(np.array([1, 2, 4])), [0.0, np.log(2) - 0.5, np.log(4) - 0.75])
+
+
+def test_chance_best_of_n_weights_distinct_samples_not_draws():
+    samples = [["a", "a", "a", "b"], ["x", "y", "x", "y"], ["p", "q", "r", "s"]]
+    gold = np.array([[1.0, 1.0, 1.0, 0.0], [0.2, 0.6, 0.2, 0.6], [1.0, 0.0, 0.0, 0.0]])
+    # a chance scorer picks "a" or "b" with probability 1/2 each (the mean over draws is 0.75); distinct
+    # samples everywhere give the mean over draws
+    assert np.allclose(chance_best_of_n(samples, gold), [0.5, 0.4, 0.25])
+    # the same by simulation: random scores per distinct sample, best-of-N by best_of_n_indices
+    rng = np.random.default_rng(0)
+    picked = []
+    for _ in range(4000):
+        per_sample = [{x: rng.random() for x in set(row)} for row in samples]
+        scores = np.array([[d[x] for x in row] for d, row in zip(per_sample, samples, strict=True)])
+        idx = np.asarray(best_of_n_indices(scores))
+        picked.append(gold[np.arange(3), idx])
+    assert np.allclose(np.mean(picked, 0), [0.5, 0.4, 0.25], atol=0.03)
+    with pytest.raises(ValueError, match="do not match"):
+        chance_best_of_n(samples, gold[:, :3])
+
+
+def test_most_frequent_indices():
+    picks = most_frequent_indices([["a", "a", "a", "b"], ["b", "a", "a", "b"], ["c", "b", "a", "a"]])
+    assert picks.tolist() == [0, 0, 2]  # the middle one is a tie: it goes to the sample drawn first
