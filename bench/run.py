@@ -824,6 +824,19 @@ def parse_workloads(text: str) -> list[str]:
     return [w for w in WORKLOADS if w in chosen]
 
 
+def cpu_description() -> str:
+    """The CPU's model name, family/model and widest vector extension, from /proc/cpuinfo (Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or "unknown"
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = info.get("flags", "").split()
+    vector = next((isa for isa in ("avx512f", "avx2", "avx") if isa in flags), "none")
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}, {vector})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -857,6 +870,8 @@ def main() -> None:
     emit(
         {
             "machine": platform.processor() or platform.machine(),
+            # The same machine kind has been seen on different CPUs (figures differ ~3x): name it in every run.
+            "cpu": cpu_description(),
             "cpus": os.cpu_count(),
             "malloc": {k: os.environ.get(k) for k in MALLOC_ENV},
             "matmul_gflops": peak,

@@ -44,6 +44,8 @@ def test_benchmark_smoke_reports_every_workload_for_both_frameworks_and_their_ra
     machine = records[0]
     assert machine["matmul_gflops"]["peak"] > 0 and machine["malloc"]["MALLOC_MMAP_MAX_"] == "0"
     assert machine["workloads"] == ["W1", "W2", "W3", "W4"]
+    if sys.platform == "linux":  # the CPU is named, with its widest vector extension
+        assert machine["cpu"].endswith(("avx512f)", "avx2)", "avx)", "none)")) and "family" in machine["cpu"]
     for workload, figure in WORKLOADS.items():
         rows = [r for r in records if r.get("workload") == workload]
         by_framework = {r["framework"]: r for r in rows if "framework" in r}
