@@ -48,7 +48,9 @@ def test_dpo_on_a_model_starts_at_log_2_and_a_step_raises_the_chosen_log_prob():
 
     loss, metrics = step(model, optimizer)
     np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
-    assert metrics["rewards/margin"] == 0.0 and metrics["rewards/accuracy"] == 0.0
+    # Policy = reference: the margin is 0 up to float32 rounding (the jitted step and the reference pass fuse
+    # differently on some CPUs: -2.4e-8 seen on an AVX-512 machine), so its sign (accuracy) is not asserted here.
+    assert abs(float(metrics["rewards/margin"])) < 1e-6, metrics["rewards/margin"]
     chosen_after, rejected_after, _ = logps(model)
     assert np.all(chosen_after > ref_chosen), (chosen_after, ref_chosen)
     assert np.all(rejected_after < ref_rejected), (rejected_after, ref_rejected)
