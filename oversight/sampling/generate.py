@@ -52,6 +52,30 @@ def _filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
+_DRAW_BLOCK = 64  # tokens per block of the two-level draw
+
+
+def _draw(logits: jax.Array, key: jax.Array) -> jax.Array:
+    """One token per row from softmax(logits) (B, V) by a two-level inverse CDF: a block of the vocabulary by
+    its mass, then a token inside the block. The same distribution as `jax.random.categorical` (up to float32
+    rounding of the cumulative sums) from 2 uniforms per row instead of V Gumbel variates, which on CPU cost
+    a third of a small model's decode step."""
+    b, v = logits.shape
+    blocks = -(-v // _DRAW_BLOCK)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # (B, V); filtered tokens have 0
+    probs = jnp.pad(probs, ((0, 0), (0, blocks * _DRAW_BLOCK - v))).reshape(b, blocks, _DRAW_BLOCK)
+    # u in (0, 1]: u = 0 could pick a leading block or token of zero mass
+    u = 1.0 - jax.random.uniform(key, (2, b, 1), jnp.float32)
+
+    def inverse_cdf(weights, u):  # (B, M), (B, 1) -> (B,) the first index whose cumulative weight reaches u
+        cum = jnp.cumsum(weights, axis=-1)
+        return jnp.minimum((cum < u * cum[:, -1:]).sum(-1), weights.shape[-1] - 1)
+
+    block = inverse_cdf(probs.sum(-1), u[0])  # (B,)
+    inside = jnp.take_along_axis(probs, block[:, None, None], axis=1)[:, 0]  # (B, BLOCK)
+    return block * _DRAW_BLOCK + inverse_cdf(inside, u[1])
+
+
 def _sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """One token per row and its log-probability under the (unfiltered) temperature-scaled distribution."""
     if cfg.temperature == 0.0:
@@ -59,7 +83,7 @@ def _sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tup
         scaled = logits
     else:
         scaled = logits / cfg.temperature
-        token = jax.random.categorical(key, _filter_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
+        token = _draw(_filter_logits(scaled, cfg.top_k, cfg.top_p), key)
     logprob = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
     return token.astype(jnp.int32), logprob
 

@@ -147,3 +147,24 @@ def test_left_pad_layout():
     tokens, mask = left_pad([[5, 6], [7]], 4, pad_id=0)
     np.testing.assert_array_equal(tokens, [[0, 0, 5, 6], [0, 0, 0, 7]])
     np.testing.assert_array_equal(mask, [[0, 0, 1, 1], [0, 0, 0, 1]])
+
+
+def test_two_level_draw_matches_the_softmax_distribution():
+    from oversight.sampling.generate import _draw
+
+    rng = np.random.default_rng(0)
+    v, draws = 150, 40_000  # a vocabulary that is not a whole number of blocks
+    logits = rng.normal(0, 2, v).astype(np.float32)
+    logits[[3, 70, 149]] = [-np.inf, 4.0, 3.5]  # a filtered token, and mass in the middle and the last block
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    tokens = np.asarray(_draw(jnp.tile(jnp.asarray(logits), (draws, 1)), jax.random.key(1)))
+    freq = np.bincount(tokens, minlength=v) / draws
+    assert freq[3] == 0 and tokens.min() >= 0 and tokens.max() < v
+    sigma = np.sqrt(probs * (1 - probs) / draws)
+    assert np.all(np.abs(freq - probs) <= 5 * sigma + 1e-4), np.max(np.abs(freq - probs) / (sigma + 1e-12))
+    # a single surviving token is always drawn, wherever it sits
+    for only in (0, 64, 149):
+        one = np.full((4, v), -np.inf, np.float32)
+        one[:, only] = 0.0
+        assert np.asarray(_draw(jnp.asarray(one), jax.random.key(only))).tolist() == [only] * 4
