@@ -16,9 +16,11 @@ Prints one JSON line per (workload, model, framework) with the median of the tim
 the repetition did (shapes, tokens, optimizer steps: equal on both sides), and one line per (workload, model)
 with `ratio_oversight_over_pytorch`, the speed ratio measured in the same run (PyTorch seconds / oversight
 seconds: > 1 means oversight is faster; for throughput figures it is the throughput ratio). The frameworks
-alternate repetition by repetition, so machine drift hits both alike. Allocator settings are applied to the
-whole process (both frameworks) and recorded. After warm-up nothing may compile: every oversight program's
-cache size and JAX's global count of backend compilations are checked around the timed repetitions.
+alternate repetition by repetition, so machine drift hits both alike, and each implementation runs in its own
+worker process, so neither inherits the other's allocator or thread state (in one process, a JAX SFT step
+right after a PyTorch step ran 1.5-3.4 s slower than the next). Allocator settings apply to every process and
+are recorded. After warm-up nothing may compile: every oversight program's cache size and its process's count
+of JAX backend compilations are checked around the timed repetitions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # glibc returning memory to the OS costs PyTorch's training steps 11-17% here; both sides run with this.
@@ -130,6 +133,91 @@ def time_alternating(impls: list, reps: int, warmup: int) -> dict[str, list[floa
             "(recompiled after warm-up)"
         )
     return times
+
+
+class Isolated:
+    """An implementation built and run in a worker process of its own; method calls go over a pipe.
+
+    The parent times `run()` around the round trip (about 0.1 ms, against repetitions of 0.1 s and more)."""
+
+    def __init__(self, cls: type, *args):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context(
+            "spawn"
+        )  # a fresh interpreter: no JAX or torch state from the parent
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, cls.__name__, args), daemon=True)
+        self._proc.start()
+        child.close()
+        self.name = self._reply(cls.__name__)  # the worker answers once it has built the implementation
+
+    def _reply(self, what: str):
+        status, value = self._conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"benchmark worker ({what}) failed:\n{value}")
+        return value
+
+    def _call(self, what: str):
+        self._conn.send(what)
+        return self._reply(f"{self.name}.{what}")
+
+    def run(self) -> None:
+        self._call("run")
+
+    def compiled(self):
+        return self._call("compiled")
+
+    def __getattr__(self, method: str):  # work(), num_params(): zero-argument queries
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda: self._call(method)
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._proc.join(timeout=60)
+
+
+def _serve(conn, cls_name: str, args: tuple) -> None:
+    """Worker side of `Isolated`: build the implementation, then answer calls until told to stop."""
+    import traceback
+
+    try:
+        if cls_name.startswith("Torch"):
+            import torch
+
+            torch.set_num_threads(2)
+        else:
+            _count_compiles()
+        impl = globals()[cls_name](*args)
+        conn.send(("ok", impl.name))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while (what := conn.recv()) is not None:
+        try:
+            if what == "run":
+                value = impl.run()
+            elif what == "compiled":  # the program caches and this process's backend compilations
+                value = [impl.compiled(), _COMPILES[0]]
+            else:
+                value = getattr(impl, what)()
+            conn.send(("ok", value))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+@contextmanager
+def isolated(*specs: tuple):
+    """Each (class, *args) built in its own worker process (`Isolated`); the workers stop on exit."""
+    impls = []
+    try:
+        for cls, *args in specs:
+            impls.append(Isolated(cls, *args))
+        yield impls
+    finally:
+        for impl in impls:
+            impl.close()
 
 
 def report(workload: str, model: str, impls: list, times: dict, figure: str, amount: float | None, **extra):
@@ -367,19 +455,19 @@ class TorchRewardModel:
 
 def w1_reward_model(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
     dims = MODELS[model]
-    impls = [OversightRewardModel(dims, s), TorchRewardModel(dims, s)]
-    times = time_alternating(impls, reps, warmup)
     comparisons = s.rm_prompts * s.rm_k * (s.rm_k - 1) // 2
     flop = 6 * trunk_params(dims) * s.rm_prompts * s.rm_k * s.rm_len  # no LM head in a reward model
-    report(
-        "W1_reward_model_step",
-        model,
-        impls,
-        times,
-        "comparisons_per_s",
-        comparisons,
-        fraction_of_peak=lambda impl, sec: flop / sec / peak,
-    )
+    with isolated((OversightRewardModel, dims, s), (TorchRewardModel, dims, s)) as impls:
+        times = time_alternating(impls, reps, warmup)
+        report(
+            "W1_reward_model_step",
+            model,
+            impls,
+            times,
+            "comparisons_per_s",
+            comparisons,
+            fraction_of_peak=lambda impl, sec: flop / sec / peak,
+        )
 
 
 # --- W2: sampling --------------------------------------------------------------------------------------------
@@ -475,9 +563,11 @@ class TorchSampleLoop(TorchGenerate):
 
 def w2_sampling(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
     dims = MODELS[model]
-    impls = [OversightSampling(dims, s), TorchGenerate(dims, s), TorchSampleLoop(dims, s)]
-    times = time_alternating(impls, reps, warmup)
-    report("W2_sampling", model, impls, times, "tokens_per_s", s.gen_batch * s.gen_new)
+    with isolated(
+        (OversightSampling, dims, s), (TorchGenerate, dims, s), (TorchSampleLoop, dims, s)
+    ) as impls:
+        times = time_alternating(impls, reps, warmup)
+        report("W2_sampling", model, impls, times, "tokens_per_s", s.gen_batch * s.gen_new)
 
 
 # --- W3: one PPO iteration -----------------------------------------------------------------------------------
@@ -698,18 +788,18 @@ class TorchPPO:
 
 def w3_ppo(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
     dims = MODELS[model]
-    impls = [OversightPPO(dims, s), TorchPPO(dims, s)]
-    times = time_alternating(impls, reps, warmup)
     flop = ppo_flop(dims, s)
-    report(
-        "W3_ppo_iteration",
-        model,
-        impls,
-        times,
-        "seconds_per_iteration",
-        None,
-        fraction_of_peak=lambda impl, sec: flop / sec / peak,
-    )
+    with isolated((OversightPPO, dims, s), (TorchPPO, dims, s)) as impls:
+        times = time_alternating(impls, reps, warmup)
+        report(
+            "W3_ppo_iteration",
+            model,
+            impls,
+            times,
+            "seconds_per_iteration",
+            None,
+            fraction_of_peak=lambda impl, sec: flop / sec / peak,
+        )
 
 
 # --- W4: SFT step --------------------------------------------------------------------------------------------
@@ -794,23 +884,23 @@ class TorchSFT:
 def w4_sft(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
     dims = MODELS[model]
     batch, length = s.sft_batch, s.sft_len
-    impls = [OversightSFT(dims, batch, length), TorchSFT(dims, batch, length)]
-    times = time_alternating(impls, reps, warmup)
 
     def flops(impl, sec):
         return 6 * impl.num_params() * batch * length / sec
 
-    report(
-        "W4_sft_step",
-        model,
-        impls,
-        times,
-        "tokens_per_s",
-        batch * length,
-        params=lambda impl, sec: impl.num_params(),
-        model_flops_per_s=flops,
-        fraction_of_peak=lambda impl, sec: flops(impl, sec) / peak,
-    )
+    with isolated((OversightSFT, dims, batch, length), (TorchSFT, dims, batch, length)) as impls:
+        times = time_alternating(impls, reps, warmup)
+        report(
+            "W4_sft_step",
+            model,
+            impls,
+            times,
+            "tokens_per_s",
+            batch * length,
+            params=lambda impl, sec: impl.num_params(),
+            model_flops_per_s=flops,
+            fraction_of_peak=lambda impl, sec: flops(impl, sec) / peak,
+        )
 
 
 RUNNERS = {"W1": w1_reward_model, "W2": w2_sampling, "W3": w3_ppo, "W4": w4_sft}

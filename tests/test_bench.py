@@ -102,6 +102,29 @@ def test_recompile_after_warmup_is_caught(report_cache):
         bench.time_alternating([_Jitted(report_cache)], reps=2, warmup=1)
 
 
+def test_recompile_inside_a_worker_is_caught():
+    """Each implementation runs in its own worker (`Isolated`): its compilations are counted there and reported
+    over the pipe. Here the worker side runs in a thread on one end of a pipe, the client on the other."""
+    import multiprocessing
+    import threading
+
+    bench = load_bench()
+    bench._Jitted = _Jitted  # the worker looks its implementation class up by name
+    ours, theirs = multiprocessing.Pipe()
+    server = threading.Thread(target=bench._serve, args=(theirs, "_Jitted", (False,)), daemon=True)
+    server.start()
+    proxy = object.__new__(bench.Isolated)
+    proxy._conn, proxy._proc = ours, server
+    proxy.name = proxy._reply("_Jitted")
+    assert proxy.name == "oversight" and proxy.compiled()[0] == 0
+    with pytest.raises(RuntimeError, match="recompiled after warm-up"):
+        bench.time_alternating([proxy], reps=2, warmup=1)
+    with pytest.raises(RuntimeError, match=r"worker \(oversight.missing_method\) failed(.|\n)*no attribute"):
+        proxy.missing_method()
+    proxy.close()
+    assert not server.is_alive()
+
+
 def test_steady_loop_passes_the_recompile_check():
     bench = load_bench()
 
