@@ -35,8 +35,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-# glibc returning memory to the OS costs PyTorch's training steps 11-17% here; both sides run with this.
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+# glibc returning memory to the OS costs PyTorch's training steps 11-17% here, and XLA's more: its threads'
+# malloc arenas unmap and refault ~2.8 GB per `small` SFT step (686k page faults, 1 s of system time; 3.2 s a
+# step, 2.7 s with one arena). Every benchmark process, both frameworks, runs with this.
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_ARENA_MAX": "1"}
 
 MODELS = {  # DESIGN.md §7: GPT-2 architecture, random init, float32
     "tiny": dict(n_layers=4, d_model=256, n_heads=4, vocab_size=8192),
