@@ -7,7 +7,9 @@ oversight --list-experiments                       # what is installed
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -90,7 +92,28 @@ def _hydra_job(cfg: DictConfig) -> None:
         sys.exit(f"config error: {e}")
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse: one malloc arena, no unmapping, no trimming. True if applied.
+
+    XLA on CPU frees its large step buffers after every step and allocates them again in the next. With glibc's
+    defaults its worker threads' arenas hand buffers over 64 MB back to the kernel, and every step faults them
+    in again (`small` SFT step: 686k page faults, 1 s of system time in 3.2 s; 2.7 s with this; the default
+    `gdc_gap` run 138 s -> 93 s). Costs: the process keeps its peak heap, and sampling runs ~10-25% slower
+    (threads share one arena). Skipped off glibc, or when the user sets any MALLOC_* variable themselves.
+    Must run before JAX starts its threads (arenas are made per thread on first use)."""
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
+    settings = ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1))
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
 def main() -> None:
+    keep_freed_memory()
     if "--list-experiments" in sys.argv[1:]:
         for name, exp in sorted(available_experiments().items()):
             print(f"{name:20s} {exp.description}")

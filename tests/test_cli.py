@@ -169,3 +169,40 @@ def _no_stray_runs_in_the_repo():
     before = set(REPO.glob("runs/*")) | set(REPO.glob("multirun/*"))
     yield
     assert set(REPO.glob("runs/*")) | set(REPO.glob("multirun/*")) == before
+
+
+_REFAULT = """
+import ctypes, resource, sys, threading
+from oversight.cli import keep_freed_memory
+print(keep_freed_memory() if sys.argv[1] == "tuned" else "default")
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def work():  # a 200 MB buffer written and freed by a non-main thread, as XLA's workers do every step
+    size = 200 * 2**20
+    buffer = libc.malloc(size)
+    ctypes.memset(buffer, 1, size)
+    libc.free(buffer)
+
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator")
+def test_keep_freed_memory_stops_large_buffers_being_faulted_in_again():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    runs = {}
+    for mode in ("default", "tuned"):
+        out = subprocess.run(
+            [sys.executable, "-c", _REFAULT, mode], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        runs[mode] = (out[0], int(out[1]))
+    assert runs["tuned"][0] == "True"
+    # 200 MB is 51,200 pages: the default allocator faults every one in again, the tuned one none of them
+    assert runs["default"][1] > 40_000 and runs["tuned"][1] < 1_000, runs
