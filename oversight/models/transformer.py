@@ -55,6 +55,30 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+@jax.custom_vjp
+def tied_lm_head(hidden: jax.Array, embed: jax.Array) -> jax.Array:
+    """Logits against the tied embedding: hidden (B, T, D), embed (V, D) -> float32 (B, T, V).
+
+    The same product as autodiff would differentiate, with the embedding's gradient taken as (h^T g)^T: XLA on
+    CPU otherwise copies the (B·T, V) logits gradient into transposed layout first (0.22 s of a 3.3 s `small`
+    SFT step; the LM head and cross-entropy forward and backward 0.78 -> 0.62 s)."""
+    return jnp.einsum("btd,vd->btv", hidden, embed, preferred_element_type=jnp.float32)
+
+
+def _tied_lm_head_fwd(hidden, embed):
+    return tied_lm_head(hidden, embed), (hidden, embed)
+
+
+def _tied_lm_head_bwd(residuals, g):  # g (B, T, V) float32
+    hidden, embed = residuals
+    d_hidden = jnp.einsum("btv,vd->btd", g, embed.astype(jnp.float32))  # (B, T, D)
+    d_embed_t = jnp.einsum("btd,btv->dv", hidden.astype(jnp.float32), g)  # (D, V): g read in its own layout
+    return d_hidden.astype(hidden.dtype), d_embed_t.T.astype(embed.dtype)
+
+
+tied_lm_head.defvjp(_tied_lm_head_fwd, _tied_lm_head_bwd)
+
+
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding, half-split convention (as in the Hugging Face Llama code). x (B, N, T, E)."""
     e = x.shape[-1]
@@ -234,8 +258,10 @@ class Transformer(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head, float32 logits (B, T, V)."""
-        w = self.embed[...].T if self.lm_head is None else self.lm_head[...]  # (D, V)
-        return jnp.einsum("btd,dv->btv", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        if self.lm_head is None:
+            return tied_lm_head(hidden, self.embed[...].astype(hidden.dtype))
+        w = self.lm_head[...].astype(hidden.dtype)  # (D, V)
+        return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
 
     def scalar(self, hidden: jax.Array, head: str) -> jax.Array:
         """A scalar head (reward, value, discriminator…) at every position, float32 (B, T)."""

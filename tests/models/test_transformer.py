@@ -71,3 +71,26 @@ def test_unknown_scalar_head_is_a_clear_error():
 def test_invalid_model_configs_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**kwargs)
+
+
+def test_tied_lm_head_gradients_equal_the_plain_product():
+    from oversight.models.transformer import tied_lm_head
+
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+    embed = jnp.asarray(rng.normal(size=(11, 8)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(2, 5, 11)), jnp.float32)  # a loss that weighs every logit differently
+
+    def loss(head):
+        return lambda h, e: (jnp.tanh(head(h, e)) * weights).sum()
+
+    plain = jax.grad(loss(lambda h, e: jnp.einsum("btd,dv->btv", h, e.T)), argnums=(0, 1))(hidden, embed)
+    tied = jax.jit(jax.grad(loss(tied_lm_head), argnums=(0, 1)))(hidden, embed)
+    for p, t in zip(plain, tied, strict=True):
+        assert t.shape == p.shape and t.dtype == p.dtype
+        np.testing.assert_allclose(t, p, rtol=1e-5, atol=1e-6)
+    # bfloat16 parameters: float32 logits, gradients back in the parameters' dtype
+    bf = jax.grad(loss(tied_lm_head), argnums=(0, 1))(hidden.astype(jnp.bfloat16), embed.astype(jnp.bfloat16))
+    assert tied_lm_head(hidden.astype(jnp.bfloat16), embed.astype(jnp.bfloat16)).dtype == jnp.float32
+    assert bf[0].dtype == bf[1].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf[1], np.float32), tied[1], rtol=0.1, atol=0.1)
