@@ -32,7 +32,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 # glibc returning memory to the OS costs PyTorch's training steps 11-17% here, and XLA's more: its threads'
@@ -145,9 +144,8 @@ class Isolated:
     def __init__(self, cls: type, *args):
         import multiprocessing
 
-        ctx = multiprocessing.get_context(
-            "spawn"
-        )  # a fresh interpreter: no JAX or torch state from the parent
+        # spawn: a fresh interpreter, with no JAX or torch state from the parent
+        ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, cls.__name__, args), daemon=True)
         self._proc.start()
@@ -209,14 +207,16 @@ def _serve(conn, cls_name: str, args: tuple) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
-@contextmanager
-def isolated(*specs: tuple):
-    """Each (class, *args) built in its own worker process (`Isolated`); the workers stop on exit."""
+def compare(
+    workload: str, model: str, specs: list[tuple], reps: int, warmup: int, figure: str, amount, **extra
+):
+    """Build each (class, *args) in its own worker (`Isolated`), time them alternately, report; stop the workers."""
     impls = []
     try:
         for cls, *args in specs:
             impls.append(Isolated(cls, *args))
-        yield impls
+        times = time_alternating(impls, reps, warmup)
+        report(workload, model, impls, times, figure, amount, **extra)
     finally:
         for impl in impls:
             impl.close()
@@ -459,17 +459,17 @@ def w1_reward_model(model: str, s: Shapes, reps: int, warmup: int, peak: float) 
     dims = MODELS[model]
     comparisons = s.rm_prompts * s.rm_k * (s.rm_k - 1) // 2
     flop = 6 * trunk_params(dims) * s.rm_prompts * s.rm_k * s.rm_len  # no LM head in a reward model
-    with isolated((OversightRewardModel, dims, s), (TorchRewardModel, dims, s)) as impls:
-        times = time_alternating(impls, reps, warmup)
-        report(
-            "W1_reward_model_step",
-            model,
-            impls,
-            times,
-            "comparisons_per_s",
-            comparisons,
-            fraction_of_peak=lambda impl, sec: flop / sec / peak,
-        )
+    specs = [(OversightRewardModel, dims, s), (TorchRewardModel, dims, s)]
+    compare(
+        "W1_reward_model_step",
+        model,
+        specs,
+        reps,
+        warmup,
+        "comparisons_per_s",
+        comparisons,
+        fraction_of_peak=lambda impl, sec: flop / sec / peak,
+    )
 
 
 # --- W2: sampling --------------------------------------------------------------------------------------------
@@ -565,11 +565,8 @@ class TorchSampleLoop(TorchGenerate):
 
 def w2_sampling(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
     dims = MODELS[model]
-    with isolated(
-        (OversightSampling, dims, s), (TorchGenerate, dims, s), (TorchSampleLoop, dims, s)
-    ) as impls:
-        times = time_alternating(impls, reps, warmup)
-        report("W2_sampling", model, impls, times, "tokens_per_s", s.gen_batch * s.gen_new)
+    specs = [(OversightSampling, dims, s), (TorchGenerate, dims, s), (TorchSampleLoop, dims, s)]
+    compare("W2_sampling", model, specs, reps, warmup, "tokens_per_s", s.gen_batch * s.gen_new)
 
 
 # --- W3: one PPO iteration -----------------------------------------------------------------------------------
@@ -791,17 +788,17 @@ class TorchPPO:
 def w3_ppo(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
     dims = MODELS[model]
     flop = ppo_flop(dims, s)
-    with isolated((OversightPPO, dims, s), (TorchPPO, dims, s)) as impls:
-        times = time_alternating(impls, reps, warmup)
-        report(
-            "W3_ppo_iteration",
-            model,
-            impls,
-            times,
-            "seconds_per_iteration",
-            None,
-            fraction_of_peak=lambda impl, sec: flop / sec / peak,
-        )
+    specs = [(OversightPPO, dims, s), (TorchPPO, dims, s)]
+    compare(
+        "W3_ppo_iteration",
+        model,
+        specs,
+        reps,
+        warmup,
+        "seconds_per_iteration",
+        None,
+        fraction_of_peak=lambda impl, sec: flop / sec / peak,
+    )
 
 
 # --- W4: SFT step --------------------------------------------------------------------------------------------
@@ -890,19 +887,19 @@ def w4_sft(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
     def flops(impl, sec):
         return 6 * impl.num_params() * batch * length / sec
 
-    with isolated((OversightSFT, dims, batch, length), (TorchSFT, dims, batch, length)) as impls:
-        times = time_alternating(impls, reps, warmup)
-        report(
-            "W4_sft_step",
-            model,
-            impls,
-            times,
-            "tokens_per_s",
-            batch * length,
-            params=lambda impl, sec: impl.num_params(),
-            model_flops_per_s=flops,
-            fraction_of_peak=lambda impl, sec: flops(impl, sec) / peak,
-        )
+    specs = [(OversightSFT, dims, batch, length), (TorchSFT, dims, batch, length)]
+    compare(
+        "W4_sft_step",
+        model,
+        specs,
+        reps,
+        warmup,
+        "tokens_per_s",
+        batch * length,
+        params=lambda impl, sec: impl.num_params(),
+        model_flops_per_s=flops,
+        fraction_of_peak=lambda impl, sec: flops(impl, sec) / peak,
+    )
 
 
 RUNNERS = {"W1": w1_reward_model, "W2": w2_sampling, "W3": w3_ppo, "W4": w4_sft}
