@@ -98,7 +98,7 @@ def keep_freed_memory() -> bool:
     XLA on CPU frees its large step buffers after every step and allocates them again in the next. With glibc's
     defaults its worker threads' arenas hand buffers over 64 MB back to the kernel, and every step faults them
     in again (`small` SFT step: 686k page faults, 1 s of system time in 3.2 s; 2.7 s with this; the default
-    `gdc_gap` run 138 s -> 93 s). Costs: the process keeps its peak heap, and sampling runs ~10-25% slower
+    `gdc_gap` run 138 s -> 96 s). Costs: the process keeps its peak heap, and sampling runs 9-29% slower
     (threads share one arena). Skipped off glibc, or when the user sets any MALLOC_* variable themselves.
     Must run before JAX starts its threads (arenas are made per thread on first use)."""
     if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):

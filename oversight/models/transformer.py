@@ -148,18 +148,18 @@ class Attention(nnx.Module):
             cache_k, cache_v = k, v
         b, h, t, e = q.shape
         n_kv = k.shape[1]
-        if n_kv == h:  # one query head per key head: 4-D products (with a unit G axis XLA on CPU computes the
-            # value gradient in transposed layout: the attention core's forward and backward are 28% slower)
-            scores = jnp.einsum("bhte,bhse->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
-            scores = jnp.where(mask[:, None], scores, _MASKED)  # (B, H, T, S)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-            out = jnp.einsum("bhts,bhse->bhte", probs, v)  # (B, H, T, E)
-        else:  # grouped-query attention: G = H / K query heads share each key head
-            q = q.reshape(b, n_kv, h // n_kv, t, e)  # (B, K, G, T, E)
-            scores = jnp.einsum("bkgte,bkse->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
-            scores = jnp.where(mask[:, None, None], scores, _MASKED)  # (B, K, G, T, S)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-            out = jnp.einsum("bkgts,bkse->bkgte", probs, v).reshape(b, h, t, e)  # (B, H, T, E)
+        # Grouped-query attention: G = H / K query heads share each key head, q (B, K, G, T, E). With one query
+        # head per key head there is no G axis: a unit G axis made XLA on CPU compute the value gradient in
+        # transposed layout (the attention core's forward and backward 28% slower).
+        grouped = n_kv < h
+        qa = "bkgt" if grouped else "bkt"  # the query's axes before E
+        if grouped:
+            q = q.reshape(b, n_kv, h // n_kv, t, e)
+        visible = mask[:, None, None] if grouped else mask[:, None]  # broadcasts over K (and G)
+        scores = jnp.einsum(f"{qa}e,bkse->{qa}s", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
+        scores = jnp.where(visible, scores, _MASKED)  # (B, K, [G,] T, S)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum(f"{qa}s,bkse->{qa}e", probs, v).reshape(b, h, t, e)  # (B, H, T, E)
         y = jnp.einsum("bhte,hed->btd", out, self.wo[...].astype(dtype))  # (B, T, D)
         if self.bo is not None:
             y = y + self.bo[...].astype(dtype)

@@ -79,7 +79,8 @@ def test_tied_lm_head_gradients_equal_the_plain_product():
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
     embed = jnp.asarray(rng.normal(size=(11, 8)), jnp.float32)
-    weights = jnp.asarray(rng.normal(size=(2, 5, 11)), jnp.float32)  # a loss that weighs every logit differently
+    # a loss that weighs every logit differently
+    weights = jnp.asarray(rng.normal(size=(2, 5, 11)), jnp.float32)
 
     def loss(head):
         return lambda h, e: (jnp.tanh(head(h, e)) * weights).sum()
