@@ -105,6 +105,9 @@ class RLHFOptions:
     rm_learning_rate: float = 3e-4
     # Normalise the reward to std 1 on SFT samples as well as mean 0.
     rm_normalize_std: bool = True
+    # Generative reward model: the score adds the model's own log-likelihood of the response (it starts as the
+    # SFT policy's), trained with the head by the ranking loss (`reward_scores`).
+    rm_generative: bool = False
     # --- PPO
     ppo_iterations: int = 30
     # Prompts per rollout batch (one response each).
@@ -274,6 +277,7 @@ def run(ctx: RunContext) -> None:
         rm_len,
         tokenizer.pad_id,
         scores=[e[1] for e in encoded],
+        generative=opts.rm_generative,
     )
     # Held-out: the same responses in the labeller's order (ties marked) and in gold's order.
     held_lab = [encode_ranking(r) for r in heldout_rank]
@@ -284,6 +288,7 @@ def run(ctx: RunContext) -> None:
         rm_len,
         tokenizer.pad_id,
         scores=[e[1] for e in held_lab],
+        generative=opts.rm_generative,
     )
     gold_judgements = [
         gold.judge(p, list(r.responses)) for p, r in zip(heldout_problems, heldout_rank, strict=True)
@@ -297,6 +302,7 @@ def run(ctx: RunContext) -> None:
         rm_len,
         tokenizer.pad_id,
         scores=held_gold_scores,
+        generative=opts.rm_generative,
     )
     # The labeller's forced choice (its ranking, ties broken at random) on the pairs gold orders strictly.
     agree = n_gold_pairs = 0
@@ -335,7 +341,13 @@ def run(ctx: RunContext) -> None:
     def rm_rewards(state, batch):
         model, _ = nnx.merge(rm_graphdef, state)
         b, kk, t = batch["tokens"].shape
-        flat = reward_scores(model, batch["tokens"].reshape(b * kk, t), batch["mask"].reshape(b * kk, t))
+        scored = batch.get("scored_tokens")
+        flat = reward_scores(
+            model,
+            batch["tokens"].reshape(b * kk, t),
+            batch["mask"].reshape(b * kk, t),
+            scored_tokens=None if scored is None else scored.reshape(b * kk, t),
+        )
         return flat.reshape(b, kk)
 
     def rm_eval(state, step: int = 0) -> dict[str, float]:
@@ -389,7 +401,10 @@ def run(ctx: RunContext) -> None:
         rm = nnx.merge(graphdef, rm_params)
         tokens = jnp.concatenate([prompt, response], axis=1)
         mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-        return reward_scores(rm, tokens, mask, "reward")  # (B,) float32
+        scored = jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], axis=1)
+        return reward_scores(
+            rm, tokens, mask, "reward", scored if opts.rm_generative else None
+        )  # (B,) float32
 
     def score_texts(params, prompts, tokens, mask, batch: int = 256) -> np.ndarray:
         out = []
@@ -458,7 +473,7 @@ def run(ctx: RunContext) -> None:
     )
     n_roll = opts.rollout_batch
 
-    score_rollout, advantages = make_rollout_phases(ppo_graphdef, graphdef, ppo_cfg, stop)
+    score_rollout, advantages = make_rollout_phases(ppo_graphdef, graphdef, ppo_cfg, stop, opts.rm_generative)
 
     update = make_ppo_update(ppo_graphdef, ppo_cfg, n_roll, ppo_shardings, mesh, rules)
 

@@ -457,13 +457,16 @@ def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shar
     )
 
 
-def make_rollout_phases(policy_graphdef, graphdef, ppo_cfg: PPOConfig, stop_tokens: tuple[int, ...]):
+def make_rollout_phases(
+    policy_graphdef, graphdef, ppo_cfg: PPOConfig, stop_tokens: tuple[int, ...], rm_generative: bool = False
+):
     """Phases 1 and 2 of a PPO iteration, each one jitted function of fixed shapes.
 
     `score_rollout(policy_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask)`: the
     policy's old log-probs and values, the reference's log-probs, the reward model's score (head "reward")
     with the missing-stop penalty, and the summed per-token KL. `policy_graphdef` merges with the policy's
-    (model, optimizer) state; `graphdef` with the bare reference and reward-model parameters.
+    (model, optimizer) state; `graphdef` with the bare reference and reward-model parameters. With
+    `rm_generative` the reward model's score adds its log-likelihood of the response (`reward_scores`).
     `advantages(scored, response_mask, beta)`: per-token rewards, GAE, returns and whitening; β is traced, so
     the adaptive KL controller never recompiles.
     """
@@ -479,7 +482,10 @@ def make_rollout_phases(policy_graphdef, graphdef, ppo_cfg: PPOConfig, stop_toke
         ref_logp = response_logprobs(ref, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature)
         tokens = jnp.concatenate([prompt, response], axis=1)  # (B, P+N)
         mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-        proxy = reward_scores(rm, tokens, mask, "reward")  # (B,)
+        scored = (
+            jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], axis=1) if rm_generative else None
+        )
+        proxy = reward_scores(rm, tokens, mask, "reward", scored)  # (B,)
         score = missing_stop_penalty(
             proxy, response, response_mask, stop_tokens, ppo_cfg.missing_stop_penalty
         )

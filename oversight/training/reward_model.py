@@ -33,14 +33,27 @@ def at_last_token(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, last_token_index(mask)[:, None], axis=-1)[:, 0]
 
 
-def reward_scores(model: Transformer, tokens: jax.Array, mask: jax.Array, head: str = "reward") -> jax.Array:
+def reward_scores(
+    model: Transformer,
+    tokens: jax.Array,
+    mask: jax.Array,
+    head: str = "reward",
+    scored_tokens: jax.Array | None = None,
+) -> jax.Array:
     """The scalar head at the last real token of each (prompt + response) row, float32 (B,).
 
     Rows may be right-padded (`pack_rankings`) or left-padded (a sampler's prompt followed by its response);
-    position ids come from the mask either way.
+    position ids come from the mask either way. With `scored_tokens` (B, T), 1 on the response's tokens, the
+    score adds the model's own log-likelihood of those tokens given everything before them: a generative
+    reward model. Started from the SFT policy, it already finds the responses that policy rarely writes
+    unlikely before any comparison is seen, and the ranking loss trains the head and that likelihood together.
     """
     hidden, _ = model(tokens, positions_from_mask(mask), mask)  # (B, T, D)
-    return at_last_token(model.scalar(hidden, head), mask)  # (B,)
+    score = at_last_token(model.scalar(hidden, head), mask)  # (B,)
+    if scored_tokens is not None:
+        logp = next_token_logprobs(model, hidden, tokens)  # (B, T-1): token t+1 given tokens 0..t
+        score = score + (logp * scored_tokens[:, 1:]).sum(-1)
+    return score
 
 
 def pair_mask(valid: jax.Array, ranks: jax.Array | None = None) -> jax.Array:
@@ -95,11 +108,18 @@ def reward_model_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`loss_fn(model, batch)` for the shared train step; one forward pass per response, not per pair.
 
-    batch: tokens (B, K, T), mask (B, K, T), valid (B, K), optional ranks (B, K) and margin (B, K, K), as
-    `pack_rankings` makes them.
+    batch: tokens (B, K, T), mask (B, K, T), valid (B, K), optional ranks (B, K), margin (B, K, K) and
+    scored_tokens (B, K, T) (a generative reward model, see `reward_scores`), as `pack_rankings` makes them.
     """
     b, k, t = batch["tokens"].shape
-    flat = reward_scores(model, batch["tokens"].reshape(b * k, t), batch["mask"].reshape(b * k, t), head)
+    scored = batch.get("scored_tokens")
+    flat = reward_scores(
+        model,
+        batch["tokens"].reshape(b * k, t),
+        batch["mask"].reshape(b * k, t),
+        head,
+        None if scored is None else scored.reshape(b * k, t),
+    )
     rewards = flat.reshape(b, k)  # (B, K)
     return ranking_loss(rewards, batch["valid"], batch.get("ranks"), batch.get("margin", 0.0))
 
@@ -251,17 +271,20 @@ def pack_rankings(
     length: int,
     pad_id: int,
     scores: Sequence[Sequence[float]] | None = None,
+    generative: bool = False,
 ) -> dict[str, np.ndarray]:
     """Right-padded (prompt + response) rows for `reward_model_loss`, K slots per prompt, best first.
 
     ranked_responses[b] holds prompt b's responses best first (2..k of them); `scores[b]`, best first, marks
-    ties (equal scores share a rank). Returns tokens (B, K, T), mask (B, K, T), valid (B, K), ranks (B, K).
+    ties (equal scores share a rank). Returns tokens (B, K, T), mask (B, K, T), valid (B, K), ranks (B, K),
+    and with `generative` scored_tokens (B, K, T), 1 on the response tokens (see `reward_scores`).
     """
     n = len(prompts)
     tokens = np.full((n, k, length), pad_id, np.int32)
     mask = np.zeros((n, k, length), np.int32)
     valid = np.zeros((n, k), np.int32)
     ranks = np.tile(np.arange(k, dtype=np.int32), (n, 1))
+    scored = np.zeros((n, k, length), np.int32)
     for b, (prompt, responses) in enumerate(zip(prompts, ranked_responses, strict=True)):
         if not 1 <= len(responses) <= k:
             raise ValueError(f"ranking {b}: {len(responses)} responses; expected 1..{k}")
@@ -274,6 +297,7 @@ def pack_rankings(
                 )
             tokens[b, j, : len(row)] = row
             mask[b, j, : len(row)] = 1
+            scored[b, j, len(prompt) : len(row)] = 1
             valid[b, j] = 1
         if scores is not None:
             if len(scores[b]) != len(responses):
@@ -281,4 +305,5 @@ def pack_rankings(
             if any(later > earlier for earlier, later in zip(scores[b], scores[b][1:], strict=False)):
                 raise ValueError(f"ranking {b}: scores {list(scores[b])} are not best first (non-increasing)")
             ranks[b, : len(responses)] = ranks_from_scores(list(scores[b]))
-    return {"tokens": tokens, "mask": mask, "valid": valid, "ranks": ranks}
+    packed = {"tokens": tokens, "mask": mask, "valid": valid, "ranks": ranks}
+    return packed | ({"scored_tokens": scored} if generative else {})

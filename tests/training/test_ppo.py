@@ -16,9 +16,11 @@ from oversight.training.ppo import (
     PPOConfig,
     gae,
     init_value_head,
+    make_rollout_phases,
     masked_whiten,
     minibatch_indices,
     missing_stop_penalty,
+    per_token_kl,
     per_token_rewards,
     ppo_loss,
     ppo_objective,
@@ -27,7 +29,7 @@ from oversight.training.ppo import (
     rollout_advantages,
     truncate_after_stop,
 )
-from oversight.training.reward_model import fit_normalization, last_token_index
+from oversight.training.reward_model import fit_normalization, last_token_index, reward_scores
 from oversight.training.sft import pack_examples, sft_loss
 
 STOP, PAD = 2, 0
@@ -361,3 +363,42 @@ def test_ppo_with_a_very_large_beta_stays_at_the_reference():
     # scale set by the learning rate (~2e-3 nats) instead of moving towards the high score.
     assert kl1 < 1e-2, kl1
     assert abs(r1 - r0) < 0.02, (r0, r1)
+
+
+@pytest.mark.parametrize("rm_generative", [False, True], ids=["head", "generative"])
+def test_rollout_scoring_reads_each_role_on_the_response(rm_generative):
+    """Phase 1 of an iteration: the policy's and reference's log-probs, KL, and the reward model's score of the
+    prompt + response with the missing-stop penalty; a generative reward model adds its likelihood of the
+    response tokens only."""
+    cfg = ModelConfig(
+        vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, scalar_heads=("value", "reward")
+    )
+    policy, ref, rm = make_model(cfg, 0), make_model(cfg, 1), make_model(cfg, 2)
+    graphdef, ref_params = nnx.split(ref)
+    rm_params = nnx.split(rm)[1]
+    policy_graphdef, policy_state = nnx.split((policy, nnx.Optimizer(policy, optax.sgd(0.1), wrt=nnx.Param)))
+    ppo_cfg = PPOConfig(missing_stop_penalty=1.5)
+    score_rollout, _ = make_rollout_phases(policy_graphdef, graphdef, ppo_cfg, (STOP,), rm_generative)
+
+    prompt = jnp.asarray([[PAD, 1, 5, 6], [1, 7, 8, 9]], jnp.int32)  # (B, P) left-padded
+    prompt_mask = (prompt != PAD).astype(jnp.int32)
+    response = jnp.asarray([[4, 3, STOP, PAD], [5, 5, 6, 7]], jnp.int32)  # (B, N): row 1 never stops
+    response_mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 1, 1]], jnp.int32)
+    out = score_rollout(policy_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask)
+
+    logp = response_logprobs(policy, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature)
+    ref_logp = response_logprobs(ref, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature)
+    np.testing.assert_allclose(out["logp"], logp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["ref_logp"], ref_logp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out["kl"], per_token_kl(logp, ref_logp, response_mask).sum(1), rtol=1e-5, atol=1e-6
+    )
+
+    tokens = jnp.concatenate([prompt, response], axis=1)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+    want = reward_scores(rm, tokens, mask)
+    if rm_generative:  # the reward model's own log-likelihood of each real response token
+        rm_logp = response_logprobs(rm, prompt, prompt_mask, response, response_mask, 1.0)
+        want = want + (rm_logp * response_mask).sum(1)
+    np.testing.assert_allclose(out["proxy"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["score"], np.asarray(want) - np.asarray([0.0, 1.5]), rtol=1e-5, atol=1e-5)

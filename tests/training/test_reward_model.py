@@ -223,3 +223,29 @@ def test_generative_unit_scores_add_the_log_likelihood_of_the_units_own_tokens(r
     logp = token_logprobs(reward_model, views[0], mask[0])  # (U, W-1): token t+1 given 0..t
     want = plain[0] + jnp.asarray([logp[0, 2] + logp[0, 3], logp[1, 2]])
     np.testing.assert_allclose(generative[0], want, rtol=1e-5)
+
+
+def test_generative_reward_adds_the_log_likelihood_of_the_response_tokens_only(reward_model):
+    from oversight.training.sft import token_logprobs
+
+    prompts = [[5, 6, 7], [8]]
+    ranked = [[[3, 2], [4, 4, 2]], [[3, 3, 2], [1, 2]]]
+    batch = pack_rankings(prompts, ranked, k=2, length=8, pad_id=0, generative=True)
+    # The response tokens, not the prompt's: rows are prompt + response, right-padded.
+    np.testing.assert_array_equal(batch["scored_tokens"][0, 1], [0, 0, 0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(batch["scored_tokens"][1, 0], [0, 1, 1, 1, 0, 0, 0, 0])
+    assert "scored_tokens" not in pack_rankings(prompts, ranked, k=2, length=8, pad_id=0)
+
+    tokens, mask = (jnp.asarray(batch[key].reshape(4, 8)) for key in ("tokens", "mask"))
+    scored = jnp.asarray(batch["scored_tokens"].reshape(4, 8))
+    plain = score(reward_model, tokens, mask)
+    generative = nnx.jit(reward_scores)(reward_model, tokens, mask, scored_tokens=scored)
+    logp = np.asarray(token_logprobs(reward_model, tokens, mask))  # (4, 7): token t+1 given 0..t
+    want = [plain[0] + logp[0, 2:4].sum(), plain[1] + logp[1, 2:5].sum()]  # prompt 0: 3 tokens, then response
+    np.testing.assert_allclose(generative[:2], want, rtol=1e-5)
+    assert np.all(np.asarray(generative) < np.asarray(plain))  # log-likelihoods are negative
+
+    # The loss ranks the generative scores.
+    loss, _ = nnx.jit(reward_model_loss)(reward_model, {k: jnp.asarray(v) for k, v in batch.items()})
+    want_loss, _ = ranking_loss(generative.reshape(2, 2), jnp.asarray(batch["valid"]))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
