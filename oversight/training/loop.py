@@ -63,13 +63,19 @@ class NonFiniteError(FloatingPointError):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0,
-        cfg.learning_rate,
-        max(cfg.warmup_steps, 1),
-        max(cfg.steps, cfg.warmup_steps + 1),
-        end_value=0.1 * cfg.learning_rate,
-    )
+    """AdamW (decay on matrices only) after global-norm clipping; the learning rate rises linearly from 0 over
+    `warmup_steps`, then follows a cosine down to a tenth of its peak at `steps`. Without warm-up the first step
+    already takes the full rate (a warm-up of one step would make it a step at rate 0)."""
+    if cfg.warmup_steps > 0:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0,
+            cfg.learning_rate,
+            cfg.warmup_steps,
+            max(cfg.steps, cfg.warmup_steps + 1),
+            end_value=0.1 * cfg.learning_rate,
+        )
+    else:
+        schedule = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.steps, 1), alpha=0.1)
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -47,12 +48,15 @@ def _batch():
 
 
 def _one_step(model_cfg, mesh):
-    graphdef, state, shardings = init_train_state(
-        model_cfg, make_optimizer(TrainConfig(learning_rate=1e-2)), seed=0, mesh=mesh, rules=RULES
-    )
+    # AdamW at a full learning rate from the first step, with eps 1e-3: Adam's update g / (sqrt(v) + eps)
+    # turns float rounding in a gradient near 0 (below the default eps of 1e-8) into a step of the size of the
+    # learning rate, whatever the mesh; with eps 1e-3 an update moves at most lr / eps times a gradient's error.
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, eps=1e-3))
+    graphdef, state, shardings = init_train_state(model_cfg, tx, seed=0, mesh=mesh, rules=RULES)
     step = make_train_step(graphdef, sft_loss, shardings, mesh, RULES)
+    before = jax.device_get(state)  # the step donates its input
     state, metrics = step(state, shard_batch(_batch(), mesh, RULES))
-    return state, metrics
+    return state, metrics, before
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +65,12 @@ def reference():
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     out = {}
     for family, cfg in MODELS.items():
-        state, metrics = _one_step(cfg, mesh)
-        out[family] = (jax.device_get(state), float(metrics["loss"]))
+        state, metrics, before = _one_step(cfg, mesh)
+        state = jax.device_get(state)
+        # The step really moves the parameters (no warm-up: the first step takes the full learning rate).
+        moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before)))
+        assert moved > 1e-3, f"{family}: the reference step left the state where it was"
+        out[family] = (state, float(metrics["loss"]))
     return out
 
 
@@ -73,7 +81,7 @@ def test_sharded_step_equals_single_device_step(reference, family, layout):
     ref_state, ref_loss = reference[family]
     assert len(jax.devices()) == 8, "tests/conftest.py must force 8 host devices"
     mesh = make_mesh(MeshConfig(data=layout[0], fsdp=layout[1], tensor=layout[2]))
-    state, metrics = _one_step(MODELS[family], mesh)
+    state, metrics, _ = _one_step(MODELS[family], mesh)
     np.testing.assert_allclose(float(metrics["loss"]), ref_loss, rtol=0, atol=1e-5)
     got, want = jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(ref_state)
     assert len(got) == len(want)

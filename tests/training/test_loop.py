@@ -9,7 +9,7 @@ from flax import nnx
 from oversight.models import ModelConfig, Transformer
 from oversight.parallel import MeshConfig, make_mesh
 from oversight.training.checkpoint import Checkpointer, abstract_like, latest_checkpoint_step
-from oversight.training.loop import NonFiniteError, TrainConfig, train_loop
+from oversight.training.loop import NonFiniteError, TrainConfig, make_optimizer, train_loop
 from oversight.training.sft import epoch_batches, pack_examples, sft_loss
 
 
@@ -138,3 +138,21 @@ def test_a_later_stage_numbers_steps_and_checkpoints_after_the_stages_before_it(
     np.testing.assert_array_equal(final["w"], [4.0, 4.0])
     assert [s for s, _ in tracker.logged] == [102, 104]
     assert latest_checkpoint_step(tmp_path / "checkpoints") == 104  # found through the stage folder
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_learning_rate_schedule_starts_at_full_rate_without_warmup(warmup):
+    """Without warm-up the first step takes the full rate; with it the rate rises from 0 to its peak."""
+    cfg = TrainConfig(steps=10, warmup_steps=warmup, learning_rate=0.5, grad_clip=0.0, weight_decay=0.0)
+    tx = make_optimizer(cfg)
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    steps = []
+    for _ in range(warmup + 1):
+        update, state = tx.update({"w": jnp.ones(3)}, state, params)
+        steps.append(-float(update["w"][0]))  # Adam's first steps move by about the learning rate
+    if warmup:
+        assert steps[0] == 0.0 and 0 < steps[1] < steps[-1]
+        np.testing.assert_allclose(steps[-1], 0.5, rtol=1e-3)
+    else:
+        np.testing.assert_allclose(steps[0], 0.5, rtol=1e-3)
