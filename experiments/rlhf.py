@@ -59,8 +59,10 @@ from oversight.training.best_of_n import best_of_n_kl
 from oversight.training.checkpoint import Checkpointer, abstract_like
 from oversight.training.loop import TrainConfig, make_optimizer, make_train_step, train_loop
 from oversight.training.ppo import (
+    ActorCritic,
     AdaptiveKLController,
     PPOConfig,
+    actor_and_critic,
     init_value_head,
     make_ppo_update,
     make_rollout_phases,
@@ -76,6 +78,7 @@ from oversight.training.reward_model import (
 from oversight.training.sft import epoch_batches
 
 VALUE_INITS = ("reward_model", "zero")
+CRITICS = ("shared", "separate")
 
 
 @dataclass
@@ -84,6 +87,10 @@ class RLHFOptions:
     max_new_tokens: int = 48
     # Held-out prompts answered greedily for the SFT stage's gold accuracy.
     sft_eval_samples: int = 32
+    # Share of the distinct training prompts kept out of SFT for the comparisons and PPO (0 = every stage
+    # uses every prompt). InstructGPT's stages use disjoint prompt sets; here a policy that has memorised a
+    # prompt's answer in SFT offers neither informative comparisons nor room for PPO on it.
+    rl_fraction: float = 0.0
     # --- comparisons from the simulated labeller
     # Responses per prompt that the labeller ranks (K).
     k: int = 4
@@ -128,6 +135,9 @@ class RLHFOptions:
     temperature: float = 1.0
     # Value head initialisation: "reward_model" (InstructGPT) or "zero".
     value_init: str = "reward_model"
+    # Where the value head lives: "shared" (on the policy's trunk, Ziegler et al.) or "separate" (a critic
+    # transformer started from the reward model, as InstructGPT's value function).
+    critic: str = "shared"
     # Evaluate on held-out prompts every N iterations (and before the first and after the last).
     eval_every: int = 5
     checkpoint_every: int = 10
@@ -140,10 +150,14 @@ class RLHFOptions:
     bon_max_n: int = 64
 
     def __post_init__(self) -> None:
+        if self.critic not in CRITICS:
+            raise ValueError(f"experiment.critic={self.critic!r} is not one of {CRITICS}")
         if self.value_init not in VALUE_INITS:
             raise ValueError(f"experiment.value_init={self.value_init!r} is not one of {VALUE_INITS}")
         if self.bon_max_n < 1 or self.bon_max_n & (self.bon_max_n - 1):
             raise ValueError(f"experiment.bon_max_n={self.bon_max_n} must be a power of two")
+        if not 0 <= self.rl_fraction < 1:
+            raise ValueError(f"experiment.rl_fraction={self.rl_fraction} must be in [0, 1)")
         if not 0 < self.rm_heldout_fraction < 1:
             raise ValueError(f"experiment.rm_heldout_fraction={self.rm_heldout_fraction} must be in (0, 1)")
 
@@ -177,6 +191,19 @@ def mean_row(metric: str, values, seed: int = 0, **extra) -> dict:
     }
 
 
+def split_for_rl(problems: list, rl_fraction: float) -> tuple[list, list]:
+    """(SFT problems, comparison and PPO problems): the last `rl_fraction` of the distinct prompts, in order of
+    first appearance, go to the second list and no prompt is in both. With 0 both lists are `problems`."""
+    if rl_fraction == 0:
+        return problems, problems
+    distinct = list(dict.fromkeys(p.prompt for p in problems))
+    rl_prompts = set(distinct[len(distinct) - int(round(rl_fraction * len(distinct))) :])
+    if not rl_prompts or len(rl_prompts) == len(distinct):
+        raise ValueError(f"experiment.rl_fraction={rl_fraction} leaves no prompts for SFT or for RL")
+    rl = [p for p in problems if p.prompt in rl_prompts]
+    return [p for p in problems if p.prompt not in rl_prompts], list({p.prompt: p for p in rl}.values())
+
+
 def run(ctx: RunContext) -> None:
     cfg, opts = ctx.cfg, ctx.options
     mesh, rules = ctx.mesh, cfg.mesh.rules
@@ -187,6 +214,7 @@ def run(ctx: RunContext) -> None:
     model_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=list(heads)), tokenizer)
     task = get_task(cfg.task.name, **cfg.task.options)
     train_problems, eval_problems = task_splits(task, cfg)
+    sft_problems, rl_problems = split_for_rl(train_problems, opts.rl_fraction)
     common = {"task": cfg.task.name, "difficulty": cfg.task.difficulty}
     rows: list[dict] = []
     ckpt = ctx.run_dir / "checkpoints"
@@ -200,7 +228,7 @@ def run(ctx: RunContext) -> None:
         rules=rules,
         tokenizer=tokenizer,
         task=task,
-        train_examples=tokenize_problems(train_problems, tokenizer),
+        train_examples=tokenize_problems(sft_problems, tokenizer),
         eval_examples=tokenize_problems(eval_problems, tokenizer),
         eval_problems=eval_problems,
         checkpoint_dir=ckpt / "sft",
@@ -243,7 +271,7 @@ def run(ctx: RunContext) -> None:
 
     # --- 2. comparisons from the simulated labeller ------------------------------------------------------------
     k = opts.k
-    compare_problems = train_problems[: opts.num_comparisons]
+    compare_problems = rl_problems[: opts.num_comparisons]
     chunk = 256 // k * k
     sft_sampler = make_sampler(sft_model, chunk)
     _, _, _, texts = sample_texts(sft_sampler, compare_problems, jax.random.key(cfg.seed + 17), k, chunk)
@@ -454,10 +482,13 @@ def run(ctx: RunContext) -> None:
     # --- 6. PPO ----------------------------------------------------------------------------------------------
     ppo_cfg = opts.ppo_config()
     policy = nnx.merge(graphdef, sft_params)
+    # The value head: on the policy's trunk, or on a critic of its own that starts as the reward model.
+    critic = policy if opts.critic == "shared" else nnx.merge(graphdef, rm_params)
     if opts.value_init == "reward_model":
-        init_value_head(policy, "value", reward_model, "reward")
+        init_value_head(critic, "value", reward_model, "reward")
     else:
-        init_value_head(policy, "value")
+        init_value_head(critic, "value")
+    trained = policy if opts.critic == "shared" else ActorCritic(policy, critic)
     updates = opts.ppo_iterations * ppo_cfg.epochs * ppo_cfg.minibatches
     ppo_train = TrainConfig(
         steps=updates,
@@ -469,8 +500,12 @@ def run(ctx: RunContext) -> None:
         b2=cfg.train.b2,
     )
     ppo_graphdef, ppo_state, ppo_shardings = train_state_from_model(
-        policy, make_optimizer(ppo_train), mesh, rules
+        trained, make_optimizer(ppo_train), mesh, rules
     )
+
+    def current_policy(state):
+        return actor_and_critic(nnx.merge(ppo_graphdef, state)[0])[0]
+
     n_roll = opts.rollout_batch
 
     score_rollout, advantages = make_rollout_phases(ppo_graphdef, graphdef, ppo_cfg, stop, opts.rm_generative)
@@ -487,7 +522,7 @@ def run(ctx: RunContext) -> None:
 
     def evaluate(state, it: int):
         """Policy samples on held-out prompts: gold, proxy, KL from SFT, and the win rate over SFT answers."""
-        eval_sampler.update(nnx.merge(ppo_graphdef, state)[0])
+        eval_sampler.update(current_policy(state))
         prompts, tokens, mask, texts = sample_texts(eval_sampler, eval_set, jax.random.key(cfg.seed + 43))
         p, pm = (jnp.asarray(x) for x in left_pad(prompts, prompt_len, tokenizer.pad_id))
         scored = score_rollout(state, sft_params, rm_params, p, pm, jnp.asarray(tokens), jnp.asarray(mask))
@@ -532,7 +567,7 @@ def run(ctx: RunContext) -> None:
         ctx.tracker.log(ev["metrics"], step=ppo_offset)
         history = overopt_rows(ev, 0)
     base_key = jax.random.key(cfg.seed + 53)
-    train_prompts = tokenize_problems(train_problems, tokenizer)[0]
+    rl_prompts = tokenize_problems(rl_problems, tokenizer)[0]
     bar = tqdm(
         total=opts.ppo_iterations, initial=start, desc="ppo", unit="it", dynamic_ncols=True, mininterval=1.0
     )
@@ -540,10 +575,10 @@ def run(ctx: RunContext) -> None:
     for it in range(start, opts.ppo_iterations):
         key = jax.random.fold_in(base_key, it)
         rng = np.random.default_rng([cfg.seed, it])
-        idx = rng.choice(len(train_problems), n_roll, replace=False)
-        batch_problems = [train_problems[i] for i in idx]
-        prompts = [train_prompts[i] for i in idx]
-        policy_sampler.update(nnx.merge(ppo_graphdef, ppo_state)[0])
+        idx = rng.choice(len(rl_problems), n_roll, replace=False)
+        batch_problems = [rl_problems[i] for i in idx]
+        prompts = [rl_prompts[i] for i in idx]
+        policy_sampler.update(current_policy(ppo_state))
         out = policy_sampler.sample(prompts, jax.random.fold_in(key, 0))
         p, pm = (jnp.asarray(x) for x in left_pad(prompts, prompt_len, tokenizer.pad_id))
         response, response_mask = out.tokens, out.mask

@@ -12,6 +12,10 @@ One rollout batch goes through, in order:
      the clipped policy loss, clipped value loss, entropy bonus and optional PPO-ptx term;
   6. `AdaptiveKLController.update` with the batch's mean summed KL.
 
+The value function is a head on the policy's trunk (Ziegler et al.; a `Transformer`) or a separate critic
+transformer (InstructGPT, initialised from the reward model; an `ActorCritic` pairing the two). Every function
+that takes the trained model accepts either.
+
 Layout: prompts are left-padded (B, P) and responses right-padded (B, N), as the sampler returns them; the
 model sees the concatenation (B, P + N). Logits and values at position P - 1 + t belong to response token t.
 All reward, advantage and value tensors are float32 whatever the dtype of the inputs (a score of 0.123456 must
@@ -113,8 +117,36 @@ def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True, eps: f
     return out * m
 
 
+class ActorCritic(nnx.Module):
+    """A policy and a separate critic, trained together by one optimizer (the critic only by the value loss).
+
+    A critic of its own keeps the value loss, large while the values are still wrong, from moving the policy's
+    weights, and lets it start from the reward model's trunk, which already reads the responses it must value.
+    """
+
+    def __init__(self, policy: Transformer, critic: Transformer):
+        self.policy = policy
+        self.critic = critic
+
+
+def actor_and_critic(model: Transformer | ActorCritic) -> tuple[Transformer, Transformer]:
+    """(policy, the model holding the value head): the same transformer twice unless `model` is an ActorCritic."""
+    if isinstance(model, ActorCritic):
+        return model.policy, model.critic
+    return model, model
+
+
+def _response_hidden(model: Transformer, prompt, prompt_mask, response, response_mask) -> jax.Array:
+    """The trunk's hidden states at the positions that predict the response tokens (B, N, D)."""
+    p, n = prompt.shape[1], response.shape[1]
+    tokens = jnp.concatenate([prompt, response], axis=1)  # (B, P+N)
+    mask = jnp.concatenate([prompt_mask.astype(jnp.int32), response_mask.astype(jnp.int32)], axis=1)
+    hidden, _ = model(tokens, positions_from_mask(mask), mask)  # (B, P+N, D)
+    return hidden[:, p - 1 : p - 1 + n]
+
+
 def response_outputs(
-    model: Transformer,
+    model: Transformer | ActorCritic,
     prompt: jax.Array,
     prompt_mask: jax.Array,
     response: jax.Array,
@@ -127,14 +159,12 @@ def response_outputs(
 
     prompt (B, P) left-padded, response (B, N) right-padded. Log-probs and entropy are of the distribution
     softmax(logits / temperature) in float32, the one the sampler drew from; masked positions are 0.
-    The value for token t is read where token t is predicted (position P - 1 + t), i.e. before it is chosen.
+    The value for token t is read where token t is predicted (position P - 1 + t), i.e. before it is chosen,
+    from the critic's own forward pass when `model` is an ActorCritic.
     """
-    p, n = prompt.shape[1], response.shape[1]
-    tokens = jnp.concatenate([prompt, response], axis=1)  # (B, P+N)
-    mask = jnp.concatenate([prompt_mask.astype(jnp.int32), response_mask.astype(jnp.int32)], axis=1)
-    hidden, _ = model(tokens, positions_from_mask(mask), mask)  # (B, P+N, D)
-    h = hidden[:, p - 1 : p - 1 + n]  # (B, N, D): the positions that predict response tokens
-    logits = model.logits(h) / jnp.float32(temperature)  # (B, N, V) float32
+    policy, critic = actor_and_critic(model)
+    h = _response_hidden(policy, prompt, prompt_mask, response, response_mask)  # (B, N, D)
+    logits = policy.logits(h) / jnp.float32(temperature)  # (B, N, V) float32
     logz = jax.nn.logsumexp(logits, axis=-1)  # (B, N)
     # The target's logit by a one-hot product rather than a gather (see sft.token_logprobs).
     one_hot = jax.nn.one_hot(response, logits.shape[-1], dtype=logits.dtype)
@@ -143,7 +173,11 @@ def response_outputs(
     entropy = None
     if with_entropy:
         entropy = (logz - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)) * m  # (B, N)
-    values = None if value_head is None else model.scalar(h, value_head) * m  # (B, N) float32
+    values = None
+    if value_head is not None:
+        if critic is not policy:
+            h = _response_hidden(critic, prompt, prompt_mask, response, response_mask)
+        values = critic.scalar(h, value_head) * m  # (B, N) float32
     return logp, entropy, values
 
 
@@ -321,7 +355,7 @@ def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -
 
 
 def ppo_loss(
-    model: Transformer, minibatch: dict[str, jax.Array], cfg: PPOConfig
+    model: Transformer | ActorCritic, minibatch: dict[str, jax.Array], cfg: PPOConfig
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The PPO-RLHF loss of one minibatch; `loss_fn(model, batch)` for the shared train step (bind `cfg`).
 
@@ -350,7 +384,7 @@ def ppo_loss(
             "mask": minibatch["ptx_mask"],
             "loss_mask": minibatch["ptx_loss_mask"],
         }
-        ptx_loss, _ = sft_loss(model, ptx_batch)
+        ptx_loss, _ = sft_loss(actor_and_critic(model)[0], ptx_batch)
         loss = loss + cfg.ptx_coef * ptx_loss
         stats["ptx/loss"] = ptx_loss
     return loss, stats
@@ -427,8 +461,9 @@ def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shar
     """Phase 3 of a PPO iteration, jitted with explicit shardings: (state, rollout, key) -> (state, mean stats).
 
     `epochs` fresh permutations of the rollout batch, each split into `minibatches` minibatches, one optimizer
-    step per minibatch. The state (policy + value head and optimizer) keeps its logical shardings; every
-    rollout array is split on its leading (batch) dimension over the mesh's batch axes; the key is replicated.
+    step per minibatch. The state (the trained model, a Transformer or an ActorCritic, and its optimizer) keeps
+    its logical shardings; every rollout array is split on its leading (batch) dimension over the mesh's batch
+    axes; the key is replicated.
     """
 
     def update(state, rollout, key):

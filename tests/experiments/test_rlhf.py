@@ -145,3 +145,20 @@ def test_the_notebook_draws_the_over_optimisation_curves_of_a_run(pulse_run, exe
     )
     # 4 best-of-N points and 3 PPO evaluations, each with gold and proxy.
     assert printed.strip() == "['best_of_n', 'ppo'] 7"
+
+
+def test_split_for_rl_keeps_sft_prompts_out_of_the_comparisons_and_ppo():
+    from experiments.rlhf import split_for_rl
+    from oversight.tasks import get_task
+
+    problems = get_task("arithmetic", ops="+-").sample(400, 1, seed=0)
+    sft, rl = split_for_rl(problems, 0.5)
+    sft_prompts, rl_prompts = {p.prompt for p in sft}, [p.prompt for p in rl]
+    assert not sft_prompts & set(rl_prompts)
+    assert len(rl_prompts) == len(set(rl_prompts))  # each RL prompt once
+    distinct = len({p.prompt for p in problems})
+    assert len(sft_prompts) + len(rl_prompts) == distinct
+    assert abs(len(rl_prompts) - distinct / 2) <= 1
+    assert split_for_rl(problems, 0.0) == (problems, problems)
+    with pytest.raises(ValueError, match="rl_fraction"):
+        split_for_rl(problems[:1], 0.5)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from oversight.models import ModelConfig, Transformer, make_model
 from oversight.training.ppo import (
+    ActorCritic,
     AdaptiveKLController,
     PPOConfig,
     gae,
@@ -402,3 +403,47 @@ def test_rollout_scoring_reads_each_role_on_the_response(rm_generative):
         want = want + (rm_logp * response_mask).sum(1)
     np.testing.assert_allclose(out["proxy"], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["score"], np.asarray(want) - np.asarray([0.0, 1.5]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_separate_critic_gives_the_values_and_only_the_value_loss_trains_it():
+    cfg = ModelConfig(
+        vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, scalar_heads=("value",)
+    )
+    policy, critic = make_model(cfg, 0), make_model(cfg, 1)
+    init_value_head(critic, "value")
+    critic.heads["value"]["b"][...] = jnp.full_like(critic.heads["value"]["b"][...], 0.3)
+    model = ActorCritic(policy, critic)
+    prompt = jnp.asarray([[PAD, 1, 5, 6], [1, 7, 8, 9]], jnp.int32)
+    prompt_mask = (prompt != PAD).astype(jnp.int32)
+    response = jnp.asarray([[4, 3, STOP, PAD], [5, 5, 6, 7]], jnp.int32)
+    response_mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 1, 1]], jnp.int32)
+    args = (prompt, prompt_mask, response, response_mask, 1.0, "value")
+    logp, _, values = response_outputs(model, *args)
+    np.testing.assert_allclose(logp, response_outputs(policy, *args)[0], rtol=1e-6)
+    np.testing.assert_allclose(values, response_outputs(critic, *args)[2], rtol=1e-6)
+    np.testing.assert_allclose(values, 0.3 * response_mask, rtol=1e-6)  # the critic's head, not the policy's
+
+    rng = np.random.default_rng(0)
+    minibatch = {
+        "prompt": prompt,
+        "prompt_mask": prompt_mask,
+        "response": response,
+        "response_mask": response_mask,
+        "old_logprobs": logp + 0.05 * jnp.asarray(rng.standard_normal(logp.shape), jnp.float32),
+        "old_values": values,
+        "advantages": jnp.asarray(rng.standard_normal(logp.shape), jnp.float32) * response_mask,
+        "returns": jnp.asarray(rng.standard_normal(logp.shape), jnp.float32) * response_mask,
+    }
+
+    def grads(vf_coef):
+        loss_fn = lambda m: ppo_loss(m, minibatch, PPOConfig(vf_coef=vf_coef))[0]  # noqa: E731
+        g = nnx.grad(loss_fn)(model)
+        return jax.tree.leaves(nnx.state(g.policy)), jax.tree.leaves(nnx.state(g.critic))
+
+    policy_only, critic_none = grads(0.0)
+    policy_with_value, critic_value = grads(0.5)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in critic_none)  # no value loss: the critic is untouched
+    assert max(float(jnp.abs(g).max()) for g in critic_value) > 1e-4
+    for a, b in zip(policy_only, policy_with_value, strict=True):  # the value loss never reaches the policy
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    assert max(float(jnp.abs(g).max()) for g in policy_only) > 1e-4
