@@ -22,7 +22,7 @@ is the compared one and the warm-up; the step is then timed (median of --reps ca
 nothing may compile after the first call (bench/run.py's check: the jitted step's cache size and the process's
 count of backend compilations).
 
-What the comparison covers. `make_optimizer`'s warm-up starts at learning rate 0 (with warmup_steps=0 too), so
+What the comparison covers. `make_optimizer`'s warm-up starts at learning rate 0 (W4 warms up over 20 steps), so
 the SFT step leaves the parameters unchanged: it checks the loss, the initial parameters and, through Adam's
 moments (mu = 0.1 g, nu = 0.001 g^2 after one step), the gradients. The PPO update's 8 optimizer steps move
 the parameters (`params_max_update`). Larger learning rates would not make a sharper check: gradient entries
