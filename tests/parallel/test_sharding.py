@@ -67,8 +67,9 @@ def reference():
     for family, cfg in MODELS.items():
         state, metrics, before = _one_step(cfg, mesh)
         state = jax.device_get(state)
-        # The step really moves the parameters (no warm-up: the first step takes the full learning rate).
-        moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before)))
+        # The step really moves the parameters, so the comparison below checks an update.
+        leaves = zip(jax.tree.leaves(state), jax.tree.leaves(before), strict=True)
+        moved = max(float(np.abs(a - b).max()) for a, b in leaves)
         assert moved > 1e-3, f"{family}: the reference step left the state where it was"
         out[family] = (state, float(metrics["loss"]))
     return out
