@@ -63,6 +63,7 @@ from oversight.training.ppo import (
     AdaptiveKLController,
     PPOConfig,
     actor_and_critic,
+    actor_critic_optimizer,
     init_value_head,
     make_ppo_update,
     make_rollout_phases,
@@ -138,6 +139,9 @@ class RLHFOptions:
     # Where the value head lives: "shared" (on the policy's trunk, Ziegler et al.) or "separate" (a critic
     # transformer started from the reward model, as InstructGPT's value function).
     critic: str = "shared"
+    # Learning rate of a separate critic (null: the policy's). Its value head may start at zero, and at the
+    # policy's rate it would not even learn the returns' mean within a short run.
+    critic_learning_rate: float | None = None
     # Evaluate on held-out prompts every N iterations (and before the first and after the last).
     eval_every: int = 5
     checkpoint_every: int = 10
@@ -152,6 +156,8 @@ class RLHFOptions:
     def __post_init__(self) -> None:
         if self.critic not in CRITICS:
             raise ValueError(f"experiment.critic={self.critic!r} is not one of {CRITICS}")
+        if self.critic_learning_rate is not None and self.critic != "separate":
+            raise ValueError("experiment.critic_learning_rate needs experiment.critic=separate")
         if self.value_init not in VALUE_INITS:
             raise ValueError(f"experiment.value_init={self.value_init!r} is not one of {VALUE_INITS}")
         if self.bon_max_n < 1 or self.bon_max_n & (self.bon_max_n - 1):
@@ -499,9 +505,13 @@ def run(ctx: RunContext) -> None:
         b1=cfg.train.b1,
         b2=cfg.train.b2,
     )
-    ppo_graphdef, ppo_state, ppo_shardings = train_state_from_model(
-        trained, make_optimizer(ppo_train), mesh, rules
-    )
+    tx = make_optimizer(ppo_train)
+    if opts.critic == "separate":
+        critic_lr = opts.critic_learning_rate or opts.ppo_learning_rate
+        tx = actor_critic_optimizer(
+            tx, make_optimizer(dataclasses.replace(ppo_train, learning_rate=critic_lr))
+        )
+    ppo_graphdef, ppo_state, ppo_shardings = train_state_from_model(trained, tx, mesh, rules)
 
     def current_policy(state):
         return actor_and_critic(nnx.merge(ppo_graphdef, state)[0])[0]

@@ -106,13 +106,18 @@ def logical_to_spec(
 def state_shardings(abstract_state, mesh: jax.sharding.Mesh, rules: dict[str, list[str]]):
     """NamedSharding for every array of an NNX state (parameters, optimizer moments…), from its logical names.
 
-    Arrays without logical names (step counters, RNG keys) are replicated.
+    Arrays without logical names (step counters, RNG keys) are replicated. Placeholders without arrays, such
+    as the masked-out parameters in the state of `optax.multi_transform`, stay as they are.
     """
 
     def one(x):
         if isinstance(x, nnx.Variable):
             names = x.get_metadata().get("out_sharding")
             value = x.get_value()
+            if not hasattr(
+                value, "shape"
+            ):  # a placeholder with no arrays (optax's MaskedNode): nothing to place
+                return x
             spec = logical_to_spec(tuple(names), value.shape, mesh, rules) if names else PartitionSpec()
             return x.replace(NamedSharding(mesh, spec))
         return NamedSharding(mesh, PartitionSpec())

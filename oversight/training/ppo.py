@@ -136,6 +136,18 @@ def actor_and_critic(model: Transformer | ActorCritic) -> tuple[Transformer, Tra
     return model, model
 
 
+def actor_critic_optimizer(
+    policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation
+) -> optax.GradientTransformation:
+    """One optimizer for an ActorCritic's parameters: `policy_tx` on the policy's, `critic_tx` on the critic's,
+    so a value function can learn at its own rate (with Adam a loss weight cannot set it)."""
+
+    def labels(params):  # "policy" or "critic": the first key of each parameter's path
+        return jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
+
+    return optax.multi_transform({"policy": policy_tx, "critic": critic_tx}, labels)
+
+
 def _response_hidden(model: Transformer, prompt, prompt_mask, response, response_mask) -> jax.Array:
     """The trunk's hidden states at the positions that predict the response tokens (B, N, D)."""
     p, n = prompt.shape[1], response.shape[1]
