@@ -6,16 +6,19 @@ Stages, each checkpointed under `checkpoints/<stage>/` with one global step coun
 steps, then PPO iterations), so a killed run resumes in the stage it was in and a finished stage is restored
 from its final checkpoint instead of retrained:
 
-1. `sft`: next-token training on reference solutions (`experiments.common.train_sft`).
-2. comparisons: K samples per prompt from the SFT policy, ranked by a capacity-limited simulated labeller
+1. `sft`: next-token training on reference solutions (`experiments.common.train_sft`), on the training prompts
+   not kept for RL (`rl_fraction`; InstructGPT's stages use disjoint prompt sets).
+2. comparisons: K samples per RL prompt from the SFT policy, ranked by a capacity-limited simulated labeller
    (`SimulatedHuman`); ties (the labeller found the same number of flaws) carry no preference.
 3. `rm`: a copy of the SFT trunk with a `reward` head, trained on the K-way rankings (all pairs of a prompt
-   are one batch element). Held-out accuracy is measured on gold-ordered pairs, next to the labeller's own
+   are one batch element); with `rm_generative` its score adds its own log-likelihood of the response.
+   Held-out accuracy is measured on gold-ordered pairs of held-out rankings, next to the labeller's own
    agreement with gold on those pairs: the labeller is the RM's ceiling.
 4. normalisation: bias (and gain) so SFT samples score mean 0 (std 1); folded into the reward head.
 5. best-of-N (N = 1..64) of SFT samples against the RM: gold and proxy reward against KL = log N - (N-1)/N.
-6. `ppo`: the SFT policy plus a `value` head (from the RM or zero), frozen SFT reference, per-token KL
-   penalty, score at the last real token, missing-stop penalty, GAE, whitening, epochs of minibatches. Three
+6. `ppo` on the RL prompts: the SFT policy, a `value` head (on the policy's trunk, or on a separate critic
+   that starts as the RM, at its own learning rate; head from the RM or zero), frozen SFT reference, per-token
+   KL penalty, score at the last real token, missing-stop penalty, GAE, whitening, epochs of minibatches. Three
    jitted phases (rollout scoring, advantages, update) of fixed shapes. Every `eval_every` iterations:
    gold reward, proxy reward and KL of policy samples on held-out prompts, and the gold win rate of PPO
    answers over SFT answers.
