@@ -22,6 +22,8 @@ from its final checkpoint instead of retrained:
    jitted phases (rollout scoring, advantages, update) of fixed shapes. Every `eval_every` iterations:
    gold reward, proxy reward and KL of policy samples on held-out prompts, and the gold win rate of PPO
    answers over SFT answers.
+7. with `rounds` > 1, InstructGPT's iteration: the current policy's samples ranked by the labeller, the
+   reward model trained on all rankings so far (`checkpoints/rm_<round>`), PPO continued (`ppo_<round>`).
 
 Results (`results.jsonl`, each with a 95% interval and n): `labeller/gold_agreement`, `rm/accuracy_gold`,
 `rm/accuracy_labeller`, `sft/gold_reward`, `ppo/gold_reward`, `gold/win_rate`, and the over-optimisation
@@ -147,6 +149,9 @@ class RLHFOptions:
     critic_learning_rate: float | None = None
     # Evaluate on held-out prompts every N iterations (and before the first and after the last).
     eval_every: int = 5
+    # RM/PPO rounds (InstructGPT iterated): after round 1, each round ranks samples of the current policy on
+    # the training comparison prompts, trains the reward model on all rankings so far, and runs PPO on.
+    rounds: int = 1
     checkpoint_every: int = 10
     # Held-out prompts for PPO evaluation (win rate, gold, proxy, KL); at most task.num_eval.
     eval_prompts: int = 256
@@ -165,6 +170,8 @@ class RLHFOptions:
             raise ValueError(f"experiment.value_init={self.value_init!r} is not one of {VALUE_INITS}")
         if self.bon_max_n < 1 or self.bon_max_n & (self.bon_max_n - 1):
             raise ValueError(f"experiment.bon_max_n={self.bon_max_n} must be a power of two")
+        if self.rounds < 1:
+            raise ValueError(f"experiment.rounds={self.rounds} must be >= 1")
         if not 0 <= self.rl_fraction < 1:
             raise ValueError(f"experiment.rl_fraction={self.rl_fraction} must be in [0, 1)")
         if not 0 < self.rm_heldout_fraction < 1:
@@ -306,16 +313,21 @@ def run(ctx: RunContext) -> None:
 
     rm_len = round_up(seq_len + 1)
     prompt_tokens = {p.prompt: [tokenizer.bos_id, *tokenizer.encode(p.prompt)] for p in compare_problems}
-    encoded = [encode_ranking(r) for r in train_rank]
-    rm_data = pack_rankings(
-        [prompt_tokens[r.prompt] for r in train_rank],
-        [e[0] for e in encoded],
-        k,
-        rm_len,
-        tokenizer.pad_id,
-        scores=[e[1] for e in encoded],
-        generative=opts.rm_generative,
-    )
+
+    def pack(rankings) -> dict:
+        """Reward-model training rows of labelled rankings, each response in the labeller's order."""
+        encoded = [encode_ranking(r) for r in rankings]
+        return pack_rankings(
+            [prompt_tokens[r.prompt] for r in rankings],
+            [e[0] for e in encoded],
+            k,
+            rm_len,
+            tokenizer.pad_id,
+            scores=[e[1] for e in encoded],
+            generative=opts.rm_generative,
+        )
+
+    rm_data = pack(train_rank)
     # Held-out: the same responses in the labeller's order (ties marked) and in gold's order.
     held_lab = [encode_ranking(r) for r in heldout_rank]
     held_lab_data = pack_rankings(
@@ -360,23 +372,12 @@ def run(ctx: RunContext) -> None:
 
     # --- 3. reward model ---------------------------------------------------------------------------------------
     sft_steps = cfg.train.steps
-    rm_cfg = dataclasses.replace(
-        cfg.train,
-        steps=opts.rm_steps,
-        batch_size=min(opts.rm_batch_size, len(train_rank)),
-        learning_rate=opts.rm_learning_rate,
-        warmup_steps=min(cfg.train.warmup_steps, max(opts.rm_steps // 10, 1)),
-        eval_every=max(opts.rm_steps // 3, 1),
-        checkpoint_every=max(opts.rm_steps // 2, 1),
-    )
-    rm_graphdef, rm_state, rm_shardings = train_state_from_model(
-        sft_model, make_optimizer(rm_cfg), mesh, rules
-    )
-    rm_step = make_train_step(rm_graphdef, reward_model_loss, rm_shardings, mesh, rules)
+    # One global step count over the stages: SFT, then per round the reward model's steps and PPO iterations.
+    round_steps = opts.rm_steps + opts.ppo_iterations
 
     @jax.jit
-    def rm_rewards(state, batch):
-        model, _ = nnx.merge(rm_graphdef, state)
+    def rm_rewards(params, batch):
+        model = nnx.merge(graphdef, params)
         b, kk, t = batch["tokens"].shape
         scored = batch.get("scored_tokens")
         flat = reward_scores(
@@ -387,52 +388,74 @@ def run(ctx: RunContext) -> None:
         )
         return flat.reshape(b, kk)
 
-    def rm_eval(state, step: int = 0) -> dict[str, float]:
+    def rm_eval(params) -> dict[str, float]:
         out = {}
         for name, data in (("gold", held_gold_data), ("labeller", held_lab_data)):
-            r = rm_rewards(state, shard_batch(data, mesh, rules))
+            r = rm_rewards(params, shard_batch(data, mesh, rules))
             m = reward_model_metrics(r, jnp.asarray(data["valid"]), jnp.asarray(data["ranks"]))
             out |= {f"rm/heldout_{key}_{name}": float(v) for key, v in m.items()}
         return out
 
-    rm_checkpointer = Checkpointer(ckpt / "rm", keep=rm_cfg.keep_checkpoints)
-    rm_state = train_loop(
-        state=rm_state,
-        step_fn=rm_step,
-        batch_fn=epoch_batches(rm_data, rm_cfg.batch_size, cfg.seed),
-        cfg=rm_cfg,
-        tracker=RenamedTracker(ctx.tracker, {"train/": "rm/"}),
-        checkpointer=rm_checkpointer,
-        mesh=mesh,
-        rules=rules,
-        eval_fn=rm_eval,
-        desc="reward model",
-        step_offset=sft_steps,
-    )
-    rm_checkpointer.close()
-    final_rm = rm_eval(rm_state)
-    for name in ("gold", "labeller"):
-        pairs = int(final_rm[f"rm/heldout_pairs_{name}"])
-        rows.append(
-            proportion_row(
-                f"rm/accuracy_{name}", round(final_rm[f"rm/heldout_accuracy_{name}"] * pairs), pairs, **common
-            )
+    def fit_reward_model(init_model, data: dict, round_no: int) -> nnx.Module:
+        """Train a copy of `init_model` (the SFT policy in round 1, the previous reward model after) on the
+        packed rankings; checkpointed under `rm` (round 1) or `rm_<round>`. Returns the trained model."""
+        rm_cfg = dataclasses.replace(
+            cfg.train,
+            steps=opts.rm_steps,
+            batch_size=min(opts.rm_batch_size, len(data["valid"])),
+            learning_rate=opts.rm_learning_rate,
+            warmup_steps=min(cfg.train.warmup_steps, max(opts.rm_steps // 10, 1)),
+            eval_every=max(opts.rm_steps // 3, 1),
+            checkpoint_every=max(opts.rm_steps // 2, 1),
         )
-    rows.append(
-        {
-            "metric": "rm/ece_gold",
-            "value": final_rm["rm/heldout_ece_gold"],
-            "ci_low": None,
-            "ci_high": None,
-            "n": int(final_rm["rm/heldout_pairs_gold"]),
-            **common,
-        }
-    )
+        rm_graphdef, rm_state, rm_shardings = train_state_from_model(
+            init_model, make_optimizer(rm_cfg), mesh, rules
+        )
+        rm_step = make_train_step(rm_graphdef, reward_model_loss, rm_shardings, mesh, rules)
+        name = "rm" if round_no == 1 else f"rm_{round_no}"
+        checkpointer = Checkpointer(ckpt / name, keep=rm_cfg.keep_checkpoints)
+        rm_state = train_loop(
+            state=rm_state,
+            step_fn=rm_step,
+            batch_fn=epoch_batches(data, rm_cfg.batch_size, cfg.seed + round_no - 1),
+            cfg=rm_cfg,
+            tracker=RenamedTracker(ctx.tracker, {"train/": "rm/"}),
+            checkpointer=checkpointer,
+            mesh=mesh,
+            rules=rules,
+            eval_fn=lambda state, step=0: rm_eval(nnx.split(nnx.merge(rm_graphdef, state)[0])[1]),
+            desc="reward model" if round_no == 1 else f"reward model, round {round_no}",
+            step_offset=sft_steps + (round_no - 1) * round_steps,
+        )
+        checkpointer.close()
+        model = nnx.merge(rm_graphdef, rm_state)[0]
+        final_rm = rm_eval(nnx.split(model)[1])
+        extra = {**common, "round": round_no}
+        for name in ("gold", "labeller"):
+            pairs = int(final_rm[f"rm/heldout_pairs_{name}"])
+            rows.append(
+                proportion_row(
+                    f"rm/accuracy_{name}",
+                    round(final_rm[f"rm/heldout_accuracy_{name}"] * pairs),
+                    pairs,
+                    **extra,
+                )
+            )
+        rows.append(
+            {
+                "metric": "rm/ece_gold",
+                "value": final_rm["rm/heldout_ece_gold"],
+                "ci_low": None,
+                "ci_high": None,
+                "n": int(final_rm["rm/heldout_pairs_gold"]),
+                **extra,
+            }
+        )
+        return model
+
+    reward_model = fit_reward_model(sft_model, rm_data, 1)
 
     # --- 4. normalisation on SFT samples ----------------------------------------------------------------------
-    reward_model = nnx.merge(rm_graphdef, rm_state)[0]
-    _, rm_params = nnx.split(reward_model)
-
     @jax.jit
     def proxy_scores(rm_params, prompt, prompt_mask, response, response_mask):
         rm = nnx.merge(graphdef, rm_params)
@@ -454,11 +477,19 @@ def run(ctx: RunContext) -> None:
     norm_prompts, norm_tokens, norm_mask, _ = sample_texts(
         sft_sampler, compare_problems, jax.random.key(cfg.seed + 17), k, chunk
     )
-    raw = score_texts(rm_params, norm_prompts, norm_tokens, norm_mask)
-    norm = fit_normalization(jnp.asarray(raw), scale=opts.rm_normalize_std)
-    fold_normalization(reward_model, norm)
-    _, rm_params = nnx.split(reward_model)
-    ctx.tracker.summary({"rm/norm_gain": float(norm.gain), "rm/norm_bias": float(norm.bias)})
+
+    def normalised(reward_model, round_no: int):
+        """Fold a bias (and gain) into the reward head so SFT samples score mean 0 (std 1); the parameters."""
+        raw = score_texts(nnx.split(reward_model)[1], norm_prompts, norm_tokens, norm_mask)
+        norm = fit_normalization(jnp.asarray(raw), scale=opts.rm_normalize_std)
+        fold_normalization(reward_model, norm)
+        suffix = "" if round_no == 1 else f"_round{round_no}"
+        ctx.tracker.summary(
+            {f"rm/norm_gain{suffix}": float(norm.gain), f"rm/norm_bias{suffix}": float(norm.bias)}
+        )
+        return nnx.split(reward_model)[1]
+
+    rm_params = normalised(reward_model, 1)
 
     # --- 5. best-of-N against the RM -------------------------------------------------------------------------
     bon_problems = eval_problems[: opts.bon_prompts]
@@ -498,7 +529,7 @@ def run(ctx: RunContext) -> None:
     else:
         init_value_head(critic, "value")
     trained = policy if opts.critic == "shared" else ActorCritic(policy, critic)
-    updates = opts.ppo_iterations * ppo_cfg.epochs * ppo_cfg.minibatches
+    updates = opts.rounds * opts.ppo_iterations * ppo_cfg.epochs * ppo_cfg.minibatches
     ppo_train = TrainConfig(
         steps=updates,
         learning_rate=opts.ppo_learning_rate,
@@ -533,7 +564,7 @@ def run(ctx: RunContext) -> None:
     rows.append(mean_row("sft/gold_reward", sft_eval_gold, **common))
     rows.append(proportion_row("sft/gold_accuracy", int((sft_eval_gold == 1).sum()), len(eval_set), **common))
 
-    def evaluate(state, it: int):
+    def evaluate(state, rm_params):
         """Policy samples on held-out prompts: gold, proxy, KL from SFT, and the win rate over SFT answers."""
         eval_sampler.update(current_policy(state))
         prompts, tokens, mask, texts = sample_texts(eval_sampler, eval_set, jax.random.key(cfg.seed + 43))
@@ -566,85 +597,119 @@ def run(ctx: RunContext) -> None:
             mean_row("overopt/proxy", ev["proxy"], **extra),
         ]
 
-    ppo_offset = sft_steps + opts.rm_steps
-    ppo_checkpointer = Checkpointer(ckpt / "ppo", keep=cfg.train.keep_checkpoints)
     kl_ctl = AdaptiveKLController.from_config(ppo_cfg)
-    start = 0
-    history: list[dict] = []  # over-optimisation rows along the run, restored on resume
-    latest = ppo_checkpointer.latest_step()
-    if latest:
-        ppo_state, meta = ppo_checkpointer.restore(latest, abstract_like(ppo_state))
-        start, kl_ctl.value, history = meta["iteration"], meta["kl_coef"], meta["overopt"]
-    if start == 0:
-        ev = evaluate(ppo_state, 0)
-        ctx.tracker.log(ev["metrics"], step=ppo_offset)
-        history = overopt_rows(ev, 0)
     base_key = jax.random.key(cfg.seed + 53)
     rl_prompts = tokenize_problems(rl_problems, tokenizer)[0]
-    bar = tqdm(
-        total=opts.ppo_iterations, initial=start, desc="ppo", unit="it", dynamic_ncols=True, mininterval=1.0
-    )
-    ev = None
-    for it in range(start, opts.ppo_iterations):
-        key = jax.random.fold_in(base_key, it)
-        rng = np.random.default_rng([cfg.seed, it])
-        idx = rng.choice(len(rl_problems), n_roll, replace=False)
-        batch_problems = [rl_problems[i] for i in idx]
-        prompts = [rl_prompts[i] for i in idx]
-        policy_sampler.update(current_policy(ppo_state))
-        out = policy_sampler.sample(prompts, jax.random.fold_in(key, 0))
-        p, pm = (jnp.asarray(x) for x in left_pad(prompts, prompt_len, tokenizer.pad_id))
-        response, response_mask = out.tokens, out.mask
-        scored = score_rollout(ppo_state, sft_params, rm_params, p, pm, response, response_mask)
-        adv = advantages(scored, response_mask, jnp.float32(kl_ctl.value))
-        rollout = {
-            "prompt": p,
-            "prompt_mask": pm,
-            "response": response,
-            "response_mask": response_mask,
-            "old_logprobs": scored["logp"],
-            "old_values": scored["values"],
-            "advantages": adv["advantages"],
-            "returns": adv["returns"],
-        }
-        rollout = jax.device_put(rollout, batch_sharding(mesh, rules))  # rows over the mesh's batch axes
-        ppo_state, stats = update(ppo_state, rollout, jax.random.fold_in(key, 1))
-        stats = {k_: float(v) for k_, v in jax.device_get(stats).items()}
-        if not all(np.isfinite(v) for v in stats.values()):
-            raise FloatingPointError(
-                f"ppo: non-finite loss at iteration {it + 1}; last good checkpoint: {ppo_checkpointer.latest_step()}"
+
+    def ppo_round(ppo_state, rm_params, round_no: int, history: list[dict]):
+        """One round's PPO iterations against `rm_params`, checkpointed under `ppo` (round 1) or `ppo_<round>`
+        with the KL coefficient and the over-optimisation rows so far; a killed round resumes where it was.
+        Returns (state, history, the last evaluation or None if nothing was left to run)."""
+        first = (round_no - 1) * opts.ppo_iterations  # PPO iterations of the earlier rounds
+        offset = sft_steps + (round_no - 1) * round_steps + opts.rm_steps
+        checkpointer = Checkpointer(
+            ckpt / ("ppo" if round_no == 1 else f"ppo_{round_no}"), keep=cfg.train.keep_checkpoints
+        )
+        start = 0
+        latest = checkpointer.latest_step()
+        if latest:
+            ppo_state, meta = checkpointer.restore(latest, abstract_like(ppo_state))
+            start, kl_ctl.value, history = meta["iteration"], meta["kl_coef"], meta["overopt"]
+        if start == 0 and round_no == 1:
+            ev = evaluate(ppo_state, rm_params)
+            ctx.tracker.log(ev["metrics"], step=offset)
+            history = overopt_rows(ev, 0)
+        desc = "ppo" if round_no == 1 else f"ppo, round {round_no}"
+        bar = tqdm(
+            total=opts.ppo_iterations,
+            initial=start,
+            desc=desc,
+            unit="it",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        ev = None
+        for it in range(start, opts.ppo_iterations):
+            step = first + it  # over all rounds: keys and prompt draws never repeat
+            key = jax.random.fold_in(base_key, step)
+            rng = np.random.default_rng([cfg.seed, step])
+            idx = rng.choice(len(rl_problems), n_roll, replace=False)
+            batch_problems = [rl_problems[i] for i in idx]
+            prompts = [rl_prompts[i] for i in idx]
+            policy_sampler.update(current_policy(ppo_state))
+            out = policy_sampler.sample(prompts, jax.random.fold_in(key, 0))
+            p, pm = (jnp.asarray(x) for x in left_pad(prompts, prompt_len, tokenizer.pad_id))
+            response, response_mask = out.tokens, out.mask
+            scored = score_rollout(ppo_state, sft_params, rm_params, p, pm, response, response_mask)
+            adv = advantages(scored, response_mask, jnp.float32(kl_ctl.value))
+            rollout = {
+                "prompt": p,
+                "prompt_mask": pm,
+                "response": response,
+                "response_mask": response_mask,
+                "old_logprobs": scored["logp"],
+                "old_values": scored["values"],
+                "advantages": adv["advantages"],
+                "returns": adv["returns"],
+            }
+            rollout = jax.device_put(rollout, batch_sharding(mesh, rules))  # rows over the mesh's batch axes
+            ppo_state, stats = update(ppo_state, rollout, jax.random.fold_in(key, 1))
+            stats = {k_: float(v) for k_, v in jax.device_get(stats).items()}
+            if not all(np.isfinite(v) for v in stats.values()):
+                raise FloatingPointError(
+                    f"ppo: non-finite loss at iteration {it + 1} of round {round_no}; last good checkpoint: "
+                    f"{checkpointer.latest_step()}"
+                )
+            texts = decode_responses(tokenizer, np.asarray(response), np.asarray(response_mask))
+            rollout_gold = np.mean(
+                [gold_reward(task, q, t) for q, t in zip(batch_problems, texts, strict=True)]
             )
-        texts = decode_responses(tokenizer, np.asarray(response), np.asarray(response_mask))
-        rollout_gold = np.mean([gold_reward(task, q, t) for q, t in zip(batch_problems, texts, strict=True)])
-        roll_stats = {k_: float(v) for k_, v in jax.device_get(adv["stats"]).items()}
-        done = it + 1
-        metrics = {
-            "ppo/kl": roll_stats["objective/kl"],
-            "ppo/score": roll_stats["objective/scores"],
-            "ppo/proxy_reward": float(np.mean(scored["proxy"])),
-            "ppo/non_score_reward": roll_stats["objective/non_score_reward"],
-            "ppo/response_length": roll_stats["objective/response_length"],
-            "ppo/kl_coef": kl_ctl.value,
-            "ppo/gold_reward": float(rollout_gold),
-            **{f"ppo/{k_.replace('/', '_')}": v for k_, v in stats.items()},
-        }
-        kl_ctl.update(roll_stats["objective/kl"], n_roll)
-        ctx.tracker.log(metrics, step=ppo_offset + done)
-        if done % opts.eval_every == 0 or done == opts.ppo_iterations:
-            ev = evaluate(ppo_state, done)
-            ctx.tracker.log(ev["metrics"], step=ppo_offset + done)
-            history += overopt_rows(ev, done)
-        if done % opts.checkpoint_every == 0 or done == opts.ppo_iterations:
-            meta = {"iteration": done, "kl_coef": kl_ctl.value, "overopt": history}
-            ppo_checkpointer.save(ppo_offset + done, ppo_state, meta)
-        bar.update(1)
-        bar.set_postfix(kl=f"{metrics['ppo/kl']:.2f}", gold=f"{rollout_gold:.3f}", refresh=False)
-    bar.close()
-    ppo_checkpointer.close()
+            roll_stats = {k_: float(v) for k_, v in jax.device_get(adv["stats"]).items()}
+            done = it + 1
+            metrics = {
+                "ppo/kl": roll_stats["objective/kl"],
+                "ppo/score": roll_stats["objective/scores"],
+                "ppo/proxy_reward": float(np.mean(scored["proxy"])),
+                "ppo/non_score_reward": roll_stats["objective/non_score_reward"],
+                "ppo/response_length": roll_stats["objective/response_length"],
+                "ppo/kl_coef": kl_ctl.value,
+                "ppo/gold_reward": float(rollout_gold),
+                **{f"ppo/{k_.replace('/', '_')}": v for k_, v in stats.items()},
+            }
+            kl_ctl.update(roll_stats["objective/kl"], n_roll)
+            ctx.tracker.log(metrics, step=offset + done)
+            if done % opts.eval_every == 0 or done == opts.ppo_iterations:
+                ev = evaluate(ppo_state, rm_params)
+                ctx.tracker.log(ev["metrics"], step=offset + done)
+                history += overopt_rows(ev, first + done)
+            if done % opts.checkpoint_every == 0 or done == opts.ppo_iterations:
+                meta = {"iteration": done, "kl_coef": kl_ctl.value, "overopt": history}
+                checkpointer.save(offset + done, ppo_state, meta)
+            bar.update(1)
+            bar.set_postfix(kl=f"{metrics['ppo/kl']:.2f}", gold=f"{rollout_gold:.3f}", refresh=False)
+        bar.close()
+        checkpointer.close()
+        return ppo_state, history, ev
+
+    ppo_state, history, ev = ppo_round(ppo_state, rm_params, 1, [])
+    # --- 7. further rounds (InstructGPT's iteration): comparisons of the current policy's samples, ranked by
+    # the same labeller and added to the earlier ones; the reward model trained on from where it was; PPO on.
+    train_compare = compare_problems[:-n_heldout]
+    for round_no in range(2, opts.rounds + 1):
+        round_sampler = make_sampler(current_policy(ppo_state), chunk)
+        _, _, _, texts = sample_texts(
+            round_sampler, train_compare, jax.random.key(cfg.seed + 17 + round_no), k, chunk
+        )
+        train_rank = train_rank + labeller.collect(
+            train_compare, [texts[i * k : (i + 1) * k] for i in range(len(train_compare))]
+        )
+        reward_model = fit_reward_model(reward_model, pack(train_rank), round_no)
+        rm_params = normalised(reward_model, round_no)
+        ppo_state, history, ev = ppo_round(ppo_state, rm_params, round_no, history)
 
     # --- results ---------------------------------------------------------------------------------------------
     if ev is None:  # a resumed run that had already finished PPO: re-measure the final policy
-        ev = evaluate(ppo_state, opts.ppo_iterations)
+        ev = evaluate(ppo_state, rm_params)
     rows += history
     rows.append(mean_row("ppo/gold_reward", ev["gold"], **common))
     rows.append(proportion_row("ppo/gold_accuracy", int((ev["gold"] == 1).sum()), len(eval_set), **common))

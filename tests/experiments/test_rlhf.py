@@ -162,3 +162,35 @@ def test_split_for_rl_keeps_sft_prompts_out_of_the_comparisons_and_ppo():
     assert split_for_rl(problems, 0.0) == (problems, problems)
     with pytest.raises(ValueError, match="rl_fraction"):
         split_for_rl(problems[:1], 0.5)
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("rlhf_rounds") / "run"
+    _run(run_dir, "experiment.rounds=2")
+    return run_dir
+
+
+def test_a_second_round_ranks_policy_samples_retrains_the_reward_model_and_continues_ppo(two_rounds):
+    # SFT 1..20, then per round the reward model (10 steps) and PPO (4 iterations): 21..34, 35..48.
+    ckpt = two_rounds / "checkpoints"
+    for stage, step in (("sft", 20), ("rm", 30), ("ppo", 34), ("rm_2", 44), ("ppo_2", 48)):
+        assert (ckpt / stage / str(step)).is_dir(), stage
+    metrics = _rows(two_rounds, "metrics.jsonl")
+    assert [r["step"] for r in metrics if "ppo/kl" in r] == [31, 32, 33, 34, 45, 46, 47, 48]
+    assert [r["step"] for r in metrics if "rm/loss" in r and r["step"] > 34]  # round 2's reward model trained
+    steps = [r["step"] for r in metrics]
+    assert steps == sorted(steps)
+    rows = _rows(two_rounds, "results.jsonl")
+    assert sorted(r["round"] for r in rows if r["metric"] == "rm/accuracy_gold") == [1, 2]
+    ppo_points = sorted(r["step"] for r in rows if r["metric"] == "overopt/gold" and r.get("method") == "ppo")
+    assert ppo_points == [0, 2, 4, 6, 8]  # PPO iterations counted over both rounds
+
+
+@pytest.mark.slow
+def test_killed_in_the_second_round_resumes_to_the_same_results(two_rounds, tmp_path):
+    killed = tmp_path / "killed"
+    shutil.copytree(two_rounds, killed)
+    shutil.rmtree(killed / "checkpoints" / "ppo_2" / "48")
+    _run(killed, "experiment.rounds=2")
+    assert _rows(killed, "results.jsonl") == _rows(two_rounds, "results.jsonl")
