@@ -1,6 +1,6 @@
 """Hidden-passage text debate: debaters quote a passage the judge never sees; quotes are verified.
 
-    oversight experiment=debate_text                      # 7-8 minutes on 2 busy CPU cores (measured)
+    oversight experiment=debate_text                      # 1.7 min (2026-12-01 CPU) to 8 min (older, busy CPU)
     oversight -m experiment=debate_text seed=0,1,2        # the 3-seed table
     oversight experiment=debate_text model=hf model.checkpoint=/path/to/hf tokenizer=/path/to/hf
     oversight experiment=debate_text experiment.judge_checkpoint=/path/to/small_hf   # an imported judge too
