@@ -51,6 +51,42 @@ def validate(cfg: DictConfig) -> tuple[Config, Experiment, object]:
     return typed, experiment, options
 
 
+# Config groups a resumed run may change: they decide where results are logged, not what they are.
+RESUMABLE_CHANGES = ("tracker",)
+
+
+def _flatten(node, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out |= _flatten(value, f"{prefix}{key}.")
+        return out
+    return {prefix[:-1]: node}
+
+
+def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
+    """A run folder that already holds checkpoints resumes only with the config it was started with: a changed
+    setting would silently mix two runs in one folder (e.g. a resumed `experiment.rounds=2` run given no
+    `rounds` would stop after round 1). Raises `ConfigError` naming each changed key and both values."""
+    from oversight.training.checkpoint import latest_checkpoint_step
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file() or latest_checkpoint_step(run_dir / "checkpoints") is None:
+        return
+    saved = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    now = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = [
+        f"{key}: {saved.get(key, '(absent)')!r} in the folder, {now.get(key, '(absent)')!r} now"
+        for key in sorted(saved.keys() | now.keys())
+        if key.split(".")[0] not in RESUMABLE_CHANGES and saved.get(key) != now.get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of a run with another config; resume it with the same settings or "
+            "choose another hydra.run.dir. Changed: " + "; ".join(changed)
+        )
+
+
 def run_from_config(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> None:
     """Run one job: validate, record the config and provenance, open the tracker, run, finish cleanly."""
     import jax
@@ -62,6 +98,7 @@ def run_from_config(cfg: DictConfig, run_dir: Path, *, group: str | None = None)
     typed, experiment, options = validate(cfg)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
     initialize_distributed(typed.mesh)
+    check_resume_config(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_run_info(run_dir, typed.seed)

@@ -206,3 +206,22 @@ def test_keep_freed_memory_stops_large_buffers_being_faulted_in_again():
     assert runs["tuned"][0] == "True"
     # 200 MB is 51,200 pages: the default allocator faults every one in again, the tuned one none of them
     assert runs["default"][1] > 40_000 and runs["tuned"][1] < 1_000, runs
+
+
+def test_resuming_a_run_folder_with_another_config_fails_naming_the_changes(tmp_path):
+    run_dir = tmp_path / "run"
+    _run("train.steps=4", "tracker=disabled", f"hydra.run.dir={run_dir}")
+    saved = (run_dir / "config.yaml").read_text()
+    proc = subprocess.run(
+        _command("train.steps=4", "seed=3", "tracker=disabled", f"hydra.run.dir={run_dir}"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "seed: 0 in the folder, 3 now" in proc.stderr and "another hydra.run.dir" in proc.stderr
+    assert (run_dir / "config.yaml").read_text() == saved  # nothing in the folder was touched
+    # Where results are logged may change: the same run resumes (and has nothing left to do).
+    _run("train.steps=4", "tracker=offline", f"hydra.run.dir={run_dir}")
