@@ -140,12 +140,9 @@ def unit_scores(
     ranking loss trains both the head and that likelihood.
     """
     lead, w = views.shape[:-1], views.shape[-1]
-    tokens, flat_mask = views.reshape(-1, w), mask.reshape(-1, w)
-    hidden, _ = model(tokens, positions_from_mask(flat_mask), flat_mask)  # (R, W, D)
-    logits = at_last_token(model.scalar(hidden, head), flat_mask)  # (R,)
-    if unit_tokens is not None:
-        logp = next_token_logprobs(model, hidden, tokens)  # (R, W-1): token t+1 given tokens 0..t
-        logits = logits + (logp * unit_tokens.reshape(-1, w)[:, 1:]).sum(-1)
+    scored = None if unit_tokens is None else unit_tokens.reshape(-1, w)
+    # Each view is one row of a generative reward model whose scored tokens are the unit's own.
+    logits = reward_scores(model, views.reshape(-1, w), mask.reshape(-1, w), head, scored)  # (R,)
     return logits.reshape(lead)
 
 
