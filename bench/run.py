@@ -608,9 +608,10 @@ class OversightPPO:
             PPOConfig,
             make_ppo_update,
             make_rollout_phases,
+            rollout_batch,
         )
 
-        self._jax, self._nnx, self._left_pad = jax, nnx, left_pad
+        self._jax, self._nnx, self._left_pad, self._rollout_batch = jax, nnx, left_pad, rollout_batch
         cfg = oversight_config(dims, heads=("reward", "value"))  # one architecture for every role
         mesh, rules = oversight_mesh()
         self.s, self.stop = s, ()  # no stop token: exactly ppo_new tokens per response
@@ -654,16 +655,7 @@ class OversightPPO:
             self.state, self.ref_params, self.rm_params, p, pm, response, response_mask
         )
         adv = self.advantages(scored, response_mask, jnp.float32(self.kl_ctl.value))
-        rollout = {
-            "prompt": p,
-            "prompt_mask": pm,
-            "response": response,
-            "response_mask": response_mask,
-            "old_logprobs": scored["logp"],
-            "old_values": scored["values"],
-            "advantages": adv["advantages"],
-            "returns": adv["returns"],
-        }
+        rollout = self._rollout_batch(p, pm, response, response_mask, scored, adv)
         rollout = jax.device_put(rollout, self.batch_sharding)
         self.state, stats = self.update(self.state, rollout, jax.random.fold_in(key, 1))
         # The experiment reads the update's and the rollout's statistics every iteration.

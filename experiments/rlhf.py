@@ -72,6 +72,7 @@ from oversight.training.ppo import (
     init_value_head,
     make_ppo_update,
     make_rollout_phases,
+    rollout_batch,
 )
 from oversight.training.reward_model import (
     fit_normalization,
@@ -642,16 +643,7 @@ def run(ctx: RunContext) -> None:
             response, response_mask = out.tokens, out.mask
             scored = score_rollout(ppo_state, sft_params, rm_params, p, pm, response, response_mask)
             adv = advantages(scored, response_mask, jnp.float32(kl_ctl.value))
-            rollout = {
-                "prompt": p,
-                "prompt_mask": pm,
-                "response": response,
-                "response_mask": response_mask,
-                "old_logprobs": scored["logp"],
-                "old_values": scored["values"],
-                "advantages": adv["advantages"],
-                "returns": adv["returns"],
-            }
+            rollout = rollout_batch(p, pm, response, response_mask, scored, adv)
             rollout = jax.device_put(rollout, batch_sharding(mesh, rules))  # rows over the mesh's batch axes
             ppo_state, stats = update(ppo_state, rollout, jax.random.fold_in(key, 1))
             stats = {k_: float(v) for k_, v in jax.device_get(stats).items()}

@@ -504,6 +504,21 @@ def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shar
     )
 
 
+def rollout_batch(prompt, prompt_mask, response, response_mask, scored: dict, adv: dict) -> dict:
+    """The update phase's input: the sampled tokens with the scoring phase's old log-probs and values and the
+    advantage phase's whitened advantages and returns, all (B, ...) rows of one rollout."""
+    return {
+        "prompt": prompt,
+        "prompt_mask": prompt_mask,
+        "response": response,
+        "response_mask": response_mask,
+        "old_logprobs": scored["logp"],
+        "old_values": scored["values"],
+        "advantages": adv["advantages"],
+        "returns": adv["returns"],
+    }
+
+
 def make_rollout_phases(
     policy_graphdef, graphdef, ppo_cfg: PPOConfig, stop_tokens: tuple[int, ...], rm_generative: bool = False
 ):
