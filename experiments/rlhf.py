@@ -315,9 +315,16 @@ def run(ctx: RunContext) -> None:
     rm_len = round_up(seq_len + 1)
     prompt_tokens = {p.prompt: [tokenizer.bos_id, *tokenizer.encode(p.prompt)] for p in compare_problems}
 
-    def pack(rankings) -> dict:
-        """Reward-model training rows of labelled rankings, each response in the labeller's order."""
-        encoded = [encode_ranking(r) for r in rankings]
+    def pack(rankings, judgements=None) -> dict:
+        """Reward-model rows of rankings, each response in the labeller's order (ties marked), or with
+        `judgements` in their order and with their scores."""
+        if judgements is None:
+            encoded = [encode_ranking(r) for r in rankings]
+        else:
+            encoded = [
+                (encode_ranking(r, j.ranking)[0], [float(j.scores[i]) for i in j.ranking])
+                for r, j in zip(rankings, judgements, strict=True)
+            ]
         return pack_rankings(
             [prompt_tokens[r.prompt] for r in rankings],
             [e[0] for e in encoded],
@@ -329,31 +336,12 @@ def run(ctx: RunContext) -> None:
         )
 
     rm_data = pack(train_rank)
-    # Held-out: the same responses in the labeller's order (ties marked) and in gold's order.
-    held_lab = [encode_ranking(r) for r in heldout_rank]
-    held_lab_data = pack_rankings(
-        [prompt_tokens[r.prompt] for r in heldout_rank],
-        [e[0] for e in held_lab],
-        k,
-        rm_len,
-        tokenizer.pad_id,
-        scores=[e[1] for e in held_lab],
-        generative=opts.rm_generative,
-    )
+    # Held-out: the same responses in the labeller's order and in gold's order.
+    held_lab_data = pack(heldout_rank)
     gold_judgements = [
         gold.judge(p, list(r.responses)) for p, r in zip(heldout_problems, heldout_rank, strict=True)
     ]
-    held_gold = [encode_ranking(r, j.ranking) for r, j in zip(heldout_rank, gold_judgements, strict=True)]
-    held_gold_scores = [[float(j.scores[i]) for i in j.ranking] for j in gold_judgements]
-    held_gold_data = pack_rankings(
-        [prompt_tokens[r.prompt] for r in heldout_rank],
-        [e[0] for e in held_gold],
-        k,
-        rm_len,
-        tokenizer.pad_id,
-        scores=held_gold_scores,
-        generative=opts.rm_generative,
-    )
+    held_gold_data = pack(heldout_rank, gold_judgements)
     # The labeller's forced choice (its ranking, ties broken at random) on the pairs gold orders strictly.
     agree = n_gold_pairs = 0
     for r, j in zip(heldout_rank, gold_judgements, strict=True):
