@@ -25,6 +25,18 @@ def _records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def _call_scaling(*args, timeout=300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "bench/scaling.py", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _scaling(*args) -> tuple[list[dict], subprocess.CompletedProcess]:
+    """bench/scaling.py's JSON records (it must succeed), and the process for its other output."""
+    proc = _call_scaling(*args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return _records(proc.stdout), proc
+
+
 def test_every_layout_of_each_device_count_and_the_reference_first():
     scaling = load_scaling()
     assert set(scaling.layouts(4)) == {(4, 1, 1), (1, 4, 1), (1, 1, 4), (2, 2, 1), (2, 1, 2), (1, 2, 2)}
@@ -89,15 +101,7 @@ def test_sharded_sft_and_ppo_steps_agree_with_one_device():
     """The mesh part end to end on the smoke model: the 1-device reference and the 8-device 2x2x2 layout (every
     mesh axis in use), each in its own worker process. This test process forces 8 devices (conftest); the
     workers must replace that with their own count."""
-    proc = subprocess.run(
-        [sys.executable, "bench/scaling.py", "--smoke", "--layouts", "2x2x2", "--reps", "2", "--markdown"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = _records(proc.stdout)
+    records, proc = _scaling("--smoke", "--layouts", "2x2x2", "--reps", "2", "--markdown")
     assert records[0]["layouts"] == {"1": ["1x1x1"], "8": ["2x2x2"]}
     steps = {(r["step"], r["layout"]): r for r in records if "step" in r}
     assert set(steps) == {(s, l) for s in ("sft", "ppo") for l in ("1x1x1", "2x2x2")}
@@ -130,13 +134,7 @@ def test_experiments_mode_builds_the_users_command(tmp_path):
         "train.steps=2",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "bench/scaling.py", "--experiments", "--only", "sft,no_such"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _call_scaling("--experiments", "--only", "sft,no_such", timeout=120)
     assert proc.returncode != 0 and "unknown experiment(s) ['no_such']" in proc.stderr
 
 
@@ -153,15 +151,7 @@ def test_experiments_mode_times_a_tiny_run():
         "experiment.max_new_tokens=48",
     ]
     overrides = [arg for o in tiny for arg in ("--override", o)]
-    proc = subprocess.run(
-        [sys.executable, "bench/scaling.py", "--experiments", "--only", "sft", *overrides],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = _records(proc.stdout)
+    records, _ = _scaling("--experiments", "--only", "sft", *overrides)
     assert records[0]["experiments"] == ["sft"] and records[0]["overrides"] == tiny
     (run,) = [r for r in records if "experiment" in r]
     assert run["returncode"] == 0 and run["summary_written"] and run["wall_s"] > 0

@@ -45,10 +45,12 @@ def _command(*args):
     return [sys.executable, "-m", "oversight.cli", *flags, *SMALL, *(a for a in args if a not in flags)]
 
 
+def _call(command, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def _run(*args, timeout=300):
-    proc = subprocess.run(
-        _command(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
+    proc = _call(_command(*args), timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -138,14 +140,7 @@ def test_sweep_over_two_seeds_writes_two_runs_the_notebook_reads(tmp_path, monke
 
 
 def test_unknown_key_on_the_command_line_fails_naming_it():
-    proc = subprocess.run(
-        [sys.executable, "-m", "oversight.cli", "train.stpes=3"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _call([sys.executable, "-m", "oversight.cli", "train.stpes=3"], timeout=120)
     assert proc.returncode != 0
     assert "stpes" in proc.stderr
 
@@ -212,14 +207,7 @@ def test_resuming_a_run_folder_with_another_config_fails_naming_the_changes(tmp_
     run_dir = tmp_path / "run"
     _run("train.steps=4", "tracker=disabled", f"hydra.run.dir={run_dir}")
     saved = (run_dir / "config.yaml").read_text()
-    proc = subprocess.run(
-        _command("train.steps=4", "seed=3", "tracker=disabled", f"hydra.run.dir={run_dir}"),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _call(_command("train.steps=4", "seed=3", "tracker=disabled", f"hydra.run.dir={run_dir}"))
     assert proc.returncode != 0
     assert "seed: 0 in the folder, 3 now" in proc.stderr and "another hydra.run.dir" in proc.stderr
     assert (run_dir / "config.yaml").read_text() == saved  # nothing in the folder was touched
