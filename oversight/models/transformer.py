@@ -132,9 +132,12 @@ class Attention(nnx.Module):
         # Heads-major layout (B, heads, T, E) throughout: the attention matmuls then batch over (B, K) with no
         # transposes, about 25% faster per attention layer on CPU than a (B, T, heads, E) layout.
         dtype = x.dtype
-        q = jnp.einsum("btd,dhe->bhte", x, self.wq[...].astype(dtype))  # (B, H, T, E)
-        k = jnp.einsum("btd,dke->bkte", x, self.wk[...].astype(dtype))  # (B, K, T, E)
-        v = jnp.einsum("btd,dke->bkte", x, self.wv[...].astype(dtype))  # (B, K, T, E)
+        # The projections contract in the weights' own layout, then move the head axis: written as one einsum
+        # to (B, H, T, E), XLA on CPU computes it transposed and copies every weight matrix into transposed
+        # layout first, at every step of a decoding loop (`small`: 24 MB a step, sampling 15% slower).
+        q = jnp.einsum("btd,dhe->bthe", x, self.wq[...].astype(dtype)).transpose(0, 2, 1, 3)  # (B, H, T, E)
+        k = jnp.einsum("btd,dke->btke", x, self.wk[...].astype(dtype)).transpose(0, 2, 1, 3)  # (B, K, T, E)
+        v = jnp.einsum("btd,dke->btke", x, self.wv[...].astype(dtype)).transpose(0, 2, 1, 3)  # (B, K, T, E)
         if self.bq is not None:
             q = q + self.bq[...].astype(dtype)[:, None]
             k = k + self.bk[...].astype(dtype)[:, None]
@@ -160,7 +163,7 @@ class Attention(nnx.Module):
         scores = jnp.where(visible, scores, _MASKED)  # (B, K, [G,] T, S)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum(f"{qa}s,bkse->{qa}e", probs, v).reshape(b, h, t, e)  # (B, H, T, E)
-        y = jnp.einsum("bhte,hed->btd", out, self.wo[...].astype(dtype))  # (B, T, D)
+        y = jnp.einsum("bthe,hed->btd", out.transpose(0, 2, 1, 3), self.wo[...].astype(dtype))  # (B, T, D)
         if self.bo is not None:
             y = y + self.bo[...].astype(dtype)
         return y, cache_k, cache_v
