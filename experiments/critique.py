@@ -148,7 +148,7 @@ class CritiqueModel:
         def yes_prob(state, tokens, mask):  # (B, T) left-padded -> (B,)
             model = nnx.merge(graphdef, state)
             hidden, _ = model(tokens, positions_from_mask(mask), mask)
-            logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V)
+            logits = model.next_token_logits(hidden[:, -1])  # (B, V)
             return jax.nn.sigmoid(logits[:, yes] - logits[:, no])
 
         self._yes_prob = yes_prob

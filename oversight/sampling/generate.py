@@ -76,10 +76,18 @@ def _draw(logits: jax.Array, key: jax.Array) -> jax.Array:
     return block * _DRAW_BLOCK + inverse_cdf(inside, u[1])
 
 
+def _argmax(logits: jax.Array) -> jax.Array:
+    """The first index of each row's maximum, as `jnp.argmax`: logits (B, V) -> (B,). Two plain reductions; XLA
+    on CPU runs argmax's paired (value, index) reduction about 5x slower (0.62 ms a step at V = 16384)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)  # (B, 1)
+    first = jnp.min(jnp.where(logits == top, jnp.arange(logits.shape[-1]), logits.shape[-1]), axis=-1)
+    return jnp.minimum(first, logits.shape[-1] - 1)  # a row of NaNs matches nothing: stay in range
+
+
 def _sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """One token per row and its log-probability under the (unfiltered) temperature-scaled distribution."""
     if cfg.temperature == 0.0:
-        token = jnp.argmax(logits, axis=-1)
+        token = _argmax(logits)
         scaled = logits
     else:
         scaled = logits / cfg.temperature
@@ -113,7 +121,7 @@ def generate(
     )  # (B, P+N)
     positions = positions_from_mask(prompt_mask)  # (B, P)
     hidden, cache = model(prompt, positions, kv_mask, cache, 0)
-    logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V)
+    logits = model.next_token_logits(hidden[:, -1])  # (B, V)
     stops = jnp.asarray(stop_tokens, jnp.int32)
 
     def step(carry, xs):
@@ -125,7 +133,7 @@ def generate(
         done = done | jnp.isin(token, stops)
         kv_mask = jax.lax.dynamic_update_slice(kv_mask, live.astype(jnp.int32)[:, None], (0, p + t))
         hidden, cache = model(token[:, None], pos[:, None], kv_mask, cache, p + t)
-        new_logits = model.logits(hidden)[:, 0]
+        new_logits = model.next_token_logits(hidden[:, 0])
         return (new_logits, cache, kv_mask, pos + 1, done), (token, jnp.where(live, logprob, 0.0), live)
 
     start_pos = positions[:, -1] + 1

@@ -1,5 +1,7 @@
 """Model structure: parameter counts, heads, left padding, logical axis names, config validation."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,3 +97,17 @@ def test_tied_lm_head_gradients_equal_the_plain_product():
     assert tied_lm_head(hidden.astype(jnp.bfloat16), embed.astype(jnp.bfloat16)).dtype == jnp.float32
     assert bf[0].dtype == bf[1].dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(bf[1], np.float32), tied[1], rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [*CONFIGS, dataclasses.replace(CONFIGS[0], dtype="bfloat16")],
+    ids=["gpt2-tied", "llama-untied", "gpt2-tied-bf16"],
+)
+def test_next_token_logits_equal_the_lm_head_at_that_position(cfg):
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    hidden = jnp.asarray(np.random.default_rng(0).normal(size=(3, cfg.d_model)), cfg.dtype)  # (B, D)
+    expected = model.logits(hidden[:, None])[:, 0]  # (B, V)
+    got = jax.jit(lambda m, h: m.next_token_logits(h))(model, hidden)
+    assert got.shape == (3, cfg.vocab_size) and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -168,3 +168,16 @@ def test_two_level_draw_matches_the_softmax_distribution():
         one = np.full((4, v), -np.inf, np.float32)
         one[:, only] = 0.0
         assert np.asarray(_draw(jnp.asarray(one), jax.random.key(only))).tolist() == [only] * 4
+
+
+def test_argmax_is_jnp_argmax_including_ties():
+    from oversight.sampling.generate import _argmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 300)).astype(np.float32)
+    logits[:8, [5, 17, 299]] = 10.0  # ties: the first index wins, as in jnp.argmax
+    logits[8, -1] = np.inf
+    logits[9] = -np.inf  # all filtered: index 0
+    got = np.asarray(jax.jit(_argmax)(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+    assert got[:8].tolist() == [5] * 8 and got[8] == 299 and got[9] == 0
