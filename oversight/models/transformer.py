@@ -50,6 +50,31 @@ class KVCache(NamedTuple):
         )
 
 
+@jax.custom_vjp
+def materialized_cotangent(x: jax.Array) -> jax.Array:
+    """Identity whose backward pass has XLA compute the incoming gradient once, into its own buffer.
+
+    The residual stream's gradient at a block boundary is the sum of every later block's contribution. For
+    small training batches XLA on CPU treats that sum as cheap elementwise work and fuses a fresh copy of it
+    into each consumer, quadratic in depth (a W3 PPO minibatch of `small`: fusions summing up to 72 terms,
+    19% of the update). A conditional cannot be fused, so a gradient passing through one is computed once.
+    Its predicate is data, which XLA cannot fold; both branches return the gradient unchanged.
+    """
+    return x
+
+
+def _materialized_fwd(x):
+    return x, None
+
+
+def _materialized_bwd(_, g):
+    first = g.reshape(-1)[0]
+    return (jax.lax.cond(first == first, lambda g: g, lambda g: g * 1.0, g),)  # false only for a NaN
+
+
+materialized_cotangent.defvjp(_materialized_fwd, _materialized_bwd)
+
+
 def positions_from_mask(mask: jax.Array) -> jax.Array:
     """Position ids for left-padded rows: 0 at the first real token, counting real tokens only. (B, T)"""
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
@@ -239,12 +264,16 @@ class Transformer(nnx.Module):
         kv_mask: jax.Array,
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
+        *,
+        materialize_block_grads: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final hidden states (B, T, D) for `tokens` (B, T).
 
         `kv_mask` (B, S) marks the key slots that hold real tokens. Without a cache S = T. With a cache of S
         slots, the T tokens are written at slots [cache_index, cache_index + T) and each attends to the real
-        slots up to its own.
+        slots up to its own. `materialize_block_grads` passes the residual stream through
+        `materialized_cotangent` after every block: the same values, and for small training batches a
+        faster backward pass (W3 `small` PPO update 5.4-6.0 -> 3.8-4.5 s); for W4's SFT batch it costs ~15%.
         """
         t = tokens.shape[1]
         s = kv_mask.shape[1]
@@ -261,6 +290,8 @@ class Transformer(nnx.Module):
             ck = cache.k[i] if cache is not None else None
             cv = cache.v[i] if cache is not None else None
             x, ck, cv = block(x, positions, mask, ck, cv, cache_index)
+            if materialize_block_grads:
+                x = materialized_cotangent(x)
             new_k.append(ck)
             new_v.append(cv)
         x = self.final_norm(x)

@@ -149,11 +149,12 @@ def actor_critic_optimizer(
 
 
 def _response_hidden(model: Transformer, prompt, prompt_mask, response, response_mask) -> jax.Array:
-    """The trunk's hidden states at the positions that predict the response tokens (B, N, D)."""
+    """The trunk's hidden states at the positions that predict the response tokens (B, N, D). PPO's
+    minibatches are small: the trunk materialises its residual gradients (see `materialized_cotangent`)."""
     p, n = prompt.shape[1], response.shape[1]
     tokens = jnp.concatenate([prompt, response], axis=1)  # (B, P+N)
     mask = jnp.concatenate([prompt_mask.astype(jnp.int32), response_mask.astype(jnp.int32)], axis=1)
-    hidden, _ = model(tokens, positions_from_mask(mask), mask)  # (B, P+N, D)
+    hidden, _ = model(tokens, positions_from_mask(mask), mask, materialize_block_grads=True)  # (B, P+N, D)
     return hidden[:, p - 1 : p - 1 + n]
 
 
