@@ -13,6 +13,14 @@ Debaters search against the judge: `greedy` reveals the pixel that most raises t
 claim; `lookahead` runs a minimax over the next `search_depth` reveals, restricted to the `search_width` best
 pixels for each side at the root. Both are vectorised over all games with jax.vmap-style batching under jit.
 
+The `learned` debater is a policy instead of a search: a small NNX MLP (`PixelPolicy`) that sees what a
+debater sees (the whole image, the reveals so far, its claim, the opponent's claim, its answer's position
+and the moves left to each side) and outputs a distribution over the 64 pixels, zero and revealed pixels
+masked out. One network per k plays both sides and is trained by self-play REINFORCE (leave-one-out
+baseline over repeated plays of a game) with the fixed judge's verdict as the zero-sum reward, on the
+judge's training images, with the whole game vectorised under jit; it plays its mode on the held-out
+images. No imitation warm-start: everything it knows comes from RL against the judge.
+
 The liar's label: by default the *most confusable* wrong label of each image (the wrong class the k-pixel
 judge rates highest on average over random reveals): the strongest fixed lie, committed to before the game
 (Irving et al.'s precommit setting). `liar_label=all` plays every wrong label (9 games per image), `random`
@@ -21,7 +29,7 @@ one at random.
 Protocols on the same questions, each with both answer orders (honest first and liar first):
 blind judge (class prior, no pixels), random pixels (k random nonzero pixels = random vs random debate),
 consultancy (one look-ahead consultant, honest or dishonest, both counted), debate (a cross-play tournament
-of random / greedy / look-ahead debaters; Elo per agent and side fitted from it), oracle judge (a classifier
+of random / greedy / look-ahead / learned debaters; Elo per agent and side fitted from it), oracle judge (a classifier
 that sees the whole image). Also the 10-way accuracy of the judge from k random pixels, the number Irving et
 al. report as "judge accuracy" (59.4% at 6 pixels, 48.2% at 4 on MNIST).
 """
@@ -43,12 +51,15 @@ from flax import nnx
 from experiments.debate import protocol as P
 from oversight.registry import Experiment, RunContext
 from oversight.stats import proportion_row, wilson_interval
+from oversight.training.loop import TrainConfig, make_optimizer
 
 N_PIXELS = 64
 N_CLASSES = 10
-AGENTS = ("random", "greedy", "lookahead")
+SEARCH_AGENTS = ("random", "greedy", "lookahead")
+AGENTS = (*SEARCH_AGENTS, "learned")
 LIAR_LABELS = ("confusable", "random", "all")
-METHOD_NAMES = {"random": "random pixels", "greedy": "debate greedy", "lookahead": "debate look-ahead"}
+METHOD_NAMES = {"random": "random pixels", "greedy": "debate greedy", "lookahead": "debate look-ahead",
+                "learned": "debate learned"}  # fmt: skip
 
 
 @dataclass
@@ -74,8 +85,20 @@ class DigitsDebateOptions:
     search_width: int = 3
     # Debaters of the cross-play tournament (every honest agent meets every liar).
     agents: list[str] = field(default_factory=lambda: list(AGENTS))
-    # Search used by the consultant.
+    # The consultant: one of the debaters (a search, or the learned policy).
     consultant: str = "lookahead"
+    # Learned debater (`learned`): an MLP pixel policy (two hidden layers of `learned_hidden`), one per k,
+    # trained by self-play REINFORCE against the fixed judge on the training images: `learned_steps` steps
+    # of `learned_batch` images, each game played `learned_group` times (leave-one-out baseline), AdamW at
+    # `learned_learning_rate` (cosine decay), entropy bonus `learned_entropy`; `learned_consultancy` of the
+    # training games are consultancies (so it can consult), the rest debates in both orders.
+    learned_hidden: int = 128
+    learned_steps: int = 1000
+    learned_batch: int = 128
+    learned_group: int = 4
+    learned_learning_rate: float = 0.003
+    learned_entropy: float = 0.01
+    learned_consultancy: float = 0.25
     # Both debaters reveal at once each round, each blind to the other's pixel of that round.
     simultaneous: bool = False
     # Bootstrap resamples for the log-score / ECE / Brier intervals.
@@ -104,6 +127,18 @@ def _check(opts: DigitsDebateOptions, min_nonzero: int) -> None:
         )
     if not 0 < opts.test_fraction < 1:
         raise ValueError(f"experiment.test_fraction={opts.test_fraction} must be in (0, 1)")
+    if opts.learned_group < 2:
+        raise ValueError(
+            f"experiment.learned_group={opts.learned_group} must be >= 2 (the baseline of a game is the"
+            " mean reward of its other plays)"
+        )
+    if not 0 <= opts.learned_consultancy <= 1:
+        raise ValueError(f"experiment.learned_consultancy={opts.learned_consultancy} must be in [0, 1]")
+    if opts.learned_steps < 0 or opts.learned_batch < 1:
+        raise ValueError(
+            f"experiment.learned_steps={opts.learned_steps} must be >= 0 and"
+            f" experiment.learned_batch={opts.learned_batch} >= 1"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -304,8 +339,8 @@ class SearchDebater:
     """A batched engine agent that reveals one pixel per turn chosen by search against a fixed judge."""
 
     def __init__(self, judge: TrainedJudge, kind: str, *, depth: int = 3, width: int = 3, seed: int = 0):
-        if kind not in AGENTS:
-            raise ValueError(f"unknown debater {kind!r}; known: {', '.join(AGENTS)}")
+        if kind not in SEARCH_AGENTS:
+            raise ValueError(f"unknown search debater {kind!r}; known: {', '.join(SEARCH_AGENTS)}")
         self.judge, self.kind, self.depth, self.width = judge, kind, depth, width
         self.rng = np.random.default_rng(seed)
         self._greedy = partial(_greedy_jit, judge.graphdef)
@@ -340,6 +375,278 @@ class SearchDebater:
                     )
                 )
         return [P.Move(evidence=(int(p),)) for p in picks]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learned debaters: a pixel policy trained by self-play RL with the judge's verdict as reward
+# ----------------------------------------------------------------------------------------------------------
+
+# Image, revealed values, reveal mask; own and opponent's claim; own answer's position (A/B); moves left to
+# this debater and to its opponent after this one.
+N_FEATURES = 3 * N_PIXELS + 2 * N_CLASSES + 2 + 2
+MASKED = -1e9  # logit of a pixel that may not be revealed (finite, so 0 * log p stays 0 in the entropy)
+# Rows of the rollout's move table, by game type: who moves at each turn (0 honest, 1 liar).
+GAME_TYPES = ("debate honest first", "debate liar first", "consultancy honest", "consultancy dishonest")
+
+
+def policy_features(x, values, mask, mine, other, answer, own_left, opp_left) -> jax.Array:
+    """What a debater sees, as one vector per game (it knows the image; it is not told the true label)."""
+    # x, values, mask: (B, 64); mine, other: (B,) labels; answer: (B,) 0/1; own_left, opp_left: (B,)
+    return jnp.concatenate(
+        [
+            x, values * mask, mask,
+            jax.nn.one_hot(mine, N_CLASSES), jax.nn.one_hot(other, N_CLASSES), jax.nn.one_hot(answer, 2),
+            jnp.stack([own_left, opp_left], axis=-1).astype(x.dtype),
+        ],
+        axis=-1,
+    )  # fmt: skip
+
+
+class PixelPolicy(nnx.Module):
+    """Debater policy: logits over the 64 pixels to reveal next; pixels that are zero or already revealed are
+    masked out (never chosen). Same shape of MLP as the judge."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(N_FEATURES, hidden, rngs=rngs)
+        self.l2 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden, N_PIXELS, rngs=rngs)
+
+    def __call__(self, features: jax.Array, allowed: jax.Array) -> jax.Array:
+        # features (B, N_FEATURES); allowed (B, 64) bool -> logits (B, 64)
+        h = nnx.relu(self.l1(features))
+        h = nnx.relu(self.l2(h))
+        return jnp.where(allowed, self.out(h), MASKED)
+
+
+def _policy_logits(graphdef, state, x, values, mask, mine, other, answer, own_left, opp_left):
+    allowed = (x > 0) & (mask == 0)
+    feats = policy_features(x, values, mask, mine, other, answer, own_left, opp_left)
+    return nnx.merge(graphdef, state)(feats, allowed)
+
+
+_policy_logits_jit = jax.jit(_policy_logits, static_argnums=0)
+
+
+@partial(jax.jit, static_argnums=0)
+def _init_policy_state(hidden, key):
+    return nnx.split(PixelPolicy(hidden, rngs=nnx.Rngs(key)))[1]
+
+
+def init_policy(hidden: int, seed: int):
+    """Graph and freshly initialised weights of a PixelPolicy (initialised under jit, like the judge)."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: PixelPolicy(hidden, rngs=nnx.Rngs(0))))
+    return graphdef, _init_policy_state(hidden, jax.random.key(seed))
+
+
+def _play_batch(pgraph, pstate, jgraph, jstate, x, claims, movers, answer0, key, *, kinds, sample):
+    """Plays B reveal games at once, turn by turn (the engine's rules, vectorised).
+
+    x: (B, 64) images; claims: (B, 2) [honest claim, liar claim]; movers: (B, k) who moves at each turn (0
+    honest, 1 liar); answer0: (B,) the honest claim's answer position (the liar's is the other). `kinds`
+    (honest agent, liar agent), each "policy", "greedy" or "random"; `sample`: the policy samples its pixel
+    (training) or takes the likeliest (evaluation). Returns the final reveal mask (B, 64), the policy's
+    log-probabilities of its moves and their entropies (B, k) (0 for other agents' moves), and the judge's
+    probability on the honest claim, softmax restricted to the two claims (B,).
+    """
+    k = movers.shape[1]
+    mask = jnp.zeros_like(x)
+    logps, ents = [], []
+    keys = jax.random.split(key, k)
+    for t in range(k):  # k is static and small: unrolled
+        side = movers[:, t]  # (B,)
+        mine = jnp.where(side == 0, claims[:, 0], claims[:, 1])
+        other = jnp.where(side == 0, claims[:, 1], claims[:, 0])
+        answer = jnp.where(side == 0, answer0, 1 - answer0)
+        own_left = (movers[:, t + 1 :] == side[:, None]).sum(-1)
+        opp_left = (k - t - 1) - own_left
+        allowed = (x > 0) & (mask == 0)
+        k_pol, k_rand = jax.random.split(keys[t])
+        picks, logp, ent = {}, jnp.zeros(x.shape[0]), jnp.zeros(x.shape[0])
+        if "policy" in kinds:
+            logits = _policy_logits(
+                pgraph, pstate, x, x * mask, mask, mine, other, answer, own_left, opp_left
+            )
+            logp_all = jax.nn.log_softmax(logits)  # (B, 64)
+            pick = jax.random.categorical(k_pol, logits) if sample else jnp.argmax(logits, axis=-1)
+            picks["policy"] = pick
+            logp = jnp.take_along_axis(logp_all, pick[:, None], axis=-1)[:, 0]
+            ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+        if "greedy" in kinds:
+            picks["greedy"] = _greedy(jgraph, jstate, x, mask, mine, other)
+        if "random" in kinds:
+            picks["random"] = jax.random.categorical(k_rand, jnp.where(allowed, 0.0, MASKED))
+        pick = jnp.where(side == 0, picks[kinds[0]], picks[kinds[1]])  # (B,)
+        by_policy = jnp.where(side == 0, kinds[0] == "policy", kinds[1] == "policy")
+        logps.append(jnp.where(by_policy, logp, 0.0))
+        ents.append(jnp.where(by_policy, ent, 0.0))
+        mask = jnp.maximum(mask, jax.nn.one_hot(pick, N_PIXELS, dtype=x.dtype))
+    logits = _apply(jgraph, jstate, x, mask)  # (B, 10)
+    pick = lambda c: jnp.take_along_axis(logits, c[:, None], axis=-1)[:, 0]  # noqa: E731
+    p_honest = jax.nn.sigmoid(pick(claims[:, 0]) - pick(claims[:, 1]))
+    return mask, jnp.stack(logps, 1), jnp.stack(ents, 1), p_honest
+
+
+def _game_setup(key, ys, lies, batch, k, consultancy, random_lies):
+    """A batch of training games: images, claims, move table and answer positions (B,) ... (B, k)."""
+    k_idx, k_type, k_ans, k_lie = jax.random.split(key, 4)
+    idx = jax.random.randint(k_idx, (batch,), 0, ys.shape[0])
+    truth = ys[idx]
+    lie = (
+        (truth + jax.random.randint(k_lie, (batch,), 1, N_CLASSES)) % N_CLASSES if random_lies else lies[idx]
+    )
+    # Game types (GAME_TYPES): debates in both orders, consultancies honest and dishonest.
+    weights = jnp.array([1 - consultancy, 1 - consultancy, consultancy, consultancy]) / 2
+    kind = jax.random.choice(k_type, 4, (batch,), p=weights)
+    turn = np.arange(k) % 2
+    table = jnp.asarray(np.stack([turn, 1 - turn, np.zeros(k, int), np.ones(k, int)]), jnp.int32)  # (4, k)
+    # The first debater sits in seat 0 and argues answer A; a consultant's answer is A or B at random.
+    answer0 = jnp.where(kind == 0, 0, jnp.where(kind == 1, 1, jax.random.randint(k_ans, (batch,), 0, 2)))
+    return idx, jnp.stack([truth, lie], axis=-1), table[kind], answer0, kind
+
+
+def _rl_optimizer(learning_rate, steps):
+    return make_optimizer(
+        TrainConfig(steps=steps, learning_rate=learning_rate, warmup_steps=0, weight_decay=0.0)
+    )
+
+
+@partial(
+    jax.jit,
+    static_argnames=("pgraph", "jgraph", "steps", "total_steps", "batch", "group", "k", "learning_rate",
+                     "entropy", "consultancy", "random_lies"),
+)  # fmt: skip
+def _rl_chunk(pgraph, jgraph, pstate, opt_state, jstate, xs, ys, lies, key, *, steps, total_steps, batch,
+              group, k, learning_rate, entropy, consultancy, random_lies):  # fmt: skip
+    """`steps` self-play REINFORCE steps in one scan (one program for every chunk of a run).
+
+    Each step draws `batch` training games and plays each `group` times with the policy on both sides.
+    Reward: the judge's probability on the honest claim p for the honest side, 1 - p for the liar. It is
+    zero-sum (one advantage serves both sides, with opposite signs), bounded (low-variance gradients), and
+    what the verdict thresholds; a log score would put most of the gradient on games already lost with a
+    saturated judge. REINFORCE rather than PPO: a game is a few categorical moves and a rollout costs a few
+    small forward passes, so fresh on-policy games every step are cheaper than PPO's sample reuse and need
+    no importance ratios or clipping. Baseline: the mean reward of the *other* plays of the same game
+    (leave-one-out, Kool et al. 2019), a per-image baseline that removes how easy the image is from the
+    advantage without a learned value network.
+    """
+    tx = _rl_optimizer(learning_rate, total_steps)
+
+    def loss_fn(pstate, x, claims, movers, answer0, key):
+        _, logp, ent, p = _play_batch(pgraph, pstate, jgraph, jstate, x, claims, movers, answer0, key,
+                                      kinds=("policy", "policy"), sample=True)  # fmt: skip
+        r = p.reshape(group, -1)  # (G, n): plays of one game share a column
+        baseline = (r.sum(0, keepdims=True) - r) / (group - 1)
+        adv = jax.lax.stop_gradient((r - baseline).reshape(-1))  # honest side's advantage (B,)
+        sign = jnp.where(movers == 0, 1.0, -1.0)  # (B, k): the liar's advantage is -adv
+        loss = -jnp.mean(adv * jnp.sum(sign * logp, axis=-1)) - entropy * ent.mean()
+        return loss, (p, ent)
+
+    def step(carry, key):
+        pstate, opt_state = carry
+        k_game, k_play = jax.random.split(key)
+        idx, claims, movers, answer0, kind = _game_setup(k_game, ys, lies, batch, k, consultancy, random_lies)
+        tile = lambda a: jnp.tile(a, (group,) + (1,) * (a.ndim - 1))  # noqa: E731
+        (loss, (p, ent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            pstate, tile(xs[idx]), tile(claims), tile(movers), tile(answer0), k_play
+        )
+        updates, opt_state = tx.update(grads, opt_state, pstate)
+        pstate = optax.apply_updates(pstate, updates)
+        kind, win = tile(kind), (p > 0.5).astype(jnp.float32)
+        debate = (kind < 2).astype(jnp.float32)
+        metrics = {
+            "loss": loss,
+            "honest_reward": p.mean(),
+            "debate_honest_win_rate": jnp.sum(win * debate) / jnp.maximum(debate.sum(), 1.0),
+            "consultancy_accuracy": jnp.sum(win * (1 - debate)) / jnp.maximum((1 - debate).sum(), 1.0),
+            "entropy": ent.sum() / jnp.maximum((ent > 0).sum(), 1),
+        }
+        return (pstate, opt_state), metrics
+
+    (pstate, opt_state), metrics = jax.lax.scan(step, (pstate, opt_state), jax.random.split(key, steps))
+    return pstate, opt_state, metrics
+
+
+@partial(jax.jit, static_argnames=("pgraph", "jgraph", "kinds"))
+def _play_eval(pgraph, pstate, jgraph, jstate, x, claims, movers, answer0, key, *, kinds):
+    return _play_batch(
+        pgraph, pstate, jgraph, jstate, x, claims, movers, answer0, key, kinds=kinds, sample=False
+    )
+
+
+class LearnedDebater:
+    """A batched engine agent: reveals the pixel its PixelPolicy rates highest (the policy's mode)."""
+
+    def __init__(self, graphdef, state, name: str = "learned"):
+        self.graphdef, self.state, self.name = graphdef, state, name
+
+    def __repr__(self) -> str:
+        return f"LearnedDebater({self.name})"
+
+    def __call__(self, views: list[P.AgentView]) -> list[P.Move]:
+        x = np.stack([np.asarray(v.source, np.float32).reshape(-1) for v in views])  # (B, 64)
+        values, mask = _revealed(views)  # (B, 64)
+        mine = np.array([v.answers[v.answer] for v in views], np.int32)  # (B,)
+        other = np.array([v.answers[1 - v.answer] for v in views], np.int32)  # (B,)
+        answer = np.array([v.answer for v in views], np.int32)  # (B,)
+        own_left = np.array([sum(a == v.answer for a in v.upcoming) for v in views], np.int32)  # (B,)
+        opp_left = np.array([len(v.upcoming) for v in views], np.int32) - own_left  # (B,)
+        logits = _policy_logits_jit(
+            self.graphdef, self.state, x, values, mask, mine, other, answer, own_left, opp_left
+        )
+        return [P.Move(evidence=(int(p),)) for p in np.asarray(jnp.argmax(logits, axis=-1))]
+
+    def win_rate(self, judge: TrainedJudge, x, truth, lies, k: int, kinds=("policy", "greedy"), seed=0):
+        """Honest win rate of sequential debates on these images, each in both orders, between `kinds`
+        (honest, liar) agents: the vectorised game, for training curves and tests (the engine plays the
+        reported protocols)."""
+        n = len(truth)
+        turn = np.arange(k) % 2
+        movers = np.concatenate([np.tile(turn, (n, 1)), np.tile(1 - turn, (n, 1))]).astype(np.int32)
+        answer0 = np.repeat(np.array([0, 1], np.int32), n)  # the first debater argues answer A
+        claims = np.tile(np.stack([truth, lies], axis=-1).astype(np.int32), (2, 1))
+        x2 = np.tile(np.asarray(x, np.float32), (2, 1))
+        p = _play_eval(self.graphdef, self.state, judge.graphdef, judge.state, x2, claims, movers, answer0,
+                       jax.random.key(seed), kinds=tuple(kinds))[3]  # fmt: skip
+        return float(np.mean(np.asarray(p) > 0.5))
+
+
+def train_learned_debater(
+    judge: TrainedJudge, x, y, lies, opts: DigitsDebateOptions, seed: int, log=None, monitor=None
+) -> LearnedDebater:
+    """Self-play RL of a fresh PixelPolicy against the fixed `judge` on training images `x`, labels `y`.
+
+    `lies`: the liar's claim per image (`liar_label=confusable`), or None for a random wrong label per game.
+    `log(metrics, step)` gets each step's training metrics; `monitor(debater, step)` is called before
+    training and after each chunk (e.g. to measure win rates against a fixed opponent).
+    """
+    graphdef, state = init_policy(opts.learned_hidden, seed)
+    steps = opts.learned_steps
+    opt_state = _rl_optimizer(opts.learned_learning_rate, max(steps, 1)).init(state)
+    xs, ys = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+    lies_arr = jnp.asarray(lies if lies is not None else y, jnp.int32)
+    chunk = min(100, max(steps, 1))  # steps per jitted scan; learned_steps rounds up to a multiple
+    hyper = {
+        "steps": chunk, "total_steps": max(steps, 1), "batch": opts.learned_batch, "group": opts.learned_group,
+        "k": judge.k, "learning_rate": opts.learned_learning_rate, "entropy": opts.learned_entropy,
+        "consultancy": opts.learned_consultancy, "random_lies": lies is None,
+    }  # fmt: skip
+    debater = LearnedDebater(graphdef, state)
+    if monitor is not None:
+        monitor(debater, 0)
+    key = jax.random.key(seed)
+    done = 0
+    while done < steps:
+        key, sub = jax.random.split(key)
+        state, opt_state, metrics = _rl_chunk(graphdef, judge.graphdef, state, opt_state, judge.state, xs, ys,
+                                              lies_arr, sub, **hyper)  # fmt: skip
+        debater.state = state
+        if log is not None:
+            for i, row in enumerate(zip(*(np.asarray(v) for v in metrics.values()), strict=True)):
+                log(dict(zip(metrics, map(float, row), strict=True)), done + i + 1)
+        done += chunk
+        if monitor is not None:
+            monitor(debater, done)
+    return debater
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -429,6 +736,41 @@ def liar_labels(
     return [[int(c)] for c in probs.argmax(-1)]
 
 
+def learned_stage(judge, x_train, y_train, k, opts, seed, track, summary) -> LearnedDebater:
+    """Trains the learned debater for budget k on the training images; logs its curves under `learned_k{k}/`:
+    the self-play training metrics every step, and every chunk its honest and liar win rates against the
+    greedy debater on a fixed set of training images (vectorised game, both orders)."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed + 13 * k)
+    lies = None
+    if opts.liar_label == "confusable":
+        lies = np.array([c for (c,) in liar_labels(judge, x_train, y_train, opts, rng)], np.int32)
+    probe = rng.permutation(len(y_train))[:128]
+    probe_lies = lies[probe] if lies is not None else (y_train[probe] + rng.integers(1, N_CLASSES, 128)) % 10
+    curve: dict[int, dict[str, float]] = {}
+
+    def monitor(debater, done):
+        args = (judge, x_train[probe], y_train[probe], probe_lies, k)
+        curve[done] = {
+            f"learned_k{k}/honest_win_vs_greedy": debater.win_rate(*args, kinds=("policy", "greedy")),
+            f"learned_k{k}/liar_win_vs_greedy": 1 - debater.win_rate(*args, kinds=("greedy", "policy")),
+            f"learned_k{k}/honest_win_vs_random": debater.win_rate(*args, kinds=("policy", "random")),
+        }
+        track({**curve[done], f"learned_k{k}/step": done})
+
+    def log(metrics, done):
+        track({f"learned_k{k}/{m}": v for m, v in metrics.items()} | {f"learned_k{k}/step": done})
+
+    debater = train_learned_debater(
+        judge, x_train, y_train, lies, opts, seed * 1_000_003 + 17 * k, log=log, monitor=monitor
+    )
+    first, last = curve[min(curve)], curve[max(curve)]
+    for name in first:
+        summary[f"{name}/before"], summary[f"{name}/after"] = first[name], last[name]
+    summary[f"time/learned_k{k}_s"] = time.perf_counter() - t0
+    return debater
+
+
 def run(ctx: RunContext) -> None:
     cfg, opts = ctx.cfg, ctx.options
     t_start = time.perf_counter()
@@ -441,11 +783,15 @@ def run(ctx: RunContext) -> None:
     rng = np.random.default_rng(cfg.seed + 1)
     step = 0
 
+    def track(metrics: dict) -> None:
+        """One increasing step count over every stage of the run (trackers need monotonic steps)."""
+        nonlocal step
+        step += 1
+        ctx.tracker.log(metrics, step)
+
     def logger(prefix):
         def log(loss, done):
-            nonlocal step
-            step += 1
-            ctx.tracker.log({f"{prefix}/loss": loss, f"{prefix}/examples": done * opts.judge_batch}, step)
+            track({f"{prefix}/loss": loss, f"{prefix}/examples": done * opts.judge_batch})
 
         return log
 
@@ -488,7 +834,10 @@ def run(ctx: RunContext) -> None:
                 judge, name, depth=opts.search_depth, width=opts.search_width, seed=cfg.seed + 11 * k
             )
             for name in sorted(set(opts.agents) | {opts.consultant})
+            if name != "learned"
         }
+        if "learned" in set(opts.agents) | {opts.consultant}:
+            debaters["learned"] = learned_stage(judge, x_train, y_train, k, opts, cfg.seed, track, summary)
         decide = pixel_judge(judge)
 
         accs = {"blind judge": add("blind judge", P.blind(questions, blind_judge), common, protocol="blind")}

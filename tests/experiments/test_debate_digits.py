@@ -144,6 +144,12 @@ def test_bad_options_fail_naming_the_key():
         D._check(D.DigitsDebateOptions(agents=["mcts"]), 16)
     with pytest.raises(ValueError, match="search_depth=4 must be in 1..search_width=3"):
         D._check(D.DigitsDebateOptions(search_depth=4), 16)
+    with pytest.raises(ValueError, match="learned_group=1 must be >= 2"):
+        D._check(D.DigitsDebateOptions(learned_group=1), 16)
+    with pytest.raises(ValueError, match="learned_consultancy=1.5 must be in"):
+        D._check(D.DigitsDebateOptions(learned_consultancy=1.5), 16)
+    with pytest.raises(ValueError, match="unknown search debater 'learned'"):
+        D.SearchDebater(None, "learned")
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -236,3 +242,139 @@ def test_the_notebook_plots_accuracy_against_the_evidence_budget(tiny_run, execu
     )
     methods = ["blind judge", "consultancy greedy", "debate greedy", "oracle judge", "random pixels"]
     assert printed.strip() == f"{methods} [2, 4] 1 2 True"
+
+
+# ------------------------------------------------------------------------------------------ learned debater
+
+
+def _policy(seed=0, hidden=32, bias=None):
+    """A PixelPolicy as an engine agent; `bias` (64,) overrides the output layer's bias."""
+    model = D.PixelPolicy(hidden, rngs=nnx.Rngs(seed))
+    if bias is not None:
+        model.out.bias[...] = jnp.asarray(bias, jnp.float32)
+    graphdef, state = nnx.split(model)
+    return D.LearnedDebater(graphdef, state)
+
+
+def _view(image, revealed, mine=0, other=1, upcoming=(1, 0)):
+    turns = tuple(P.Turn(t % 2, t % 2, "", (P.Evidence("pixel", (int(i), float(image[i])), True),))
+                  for t, i in enumerate(revealed))  # fmt: skip
+    return P.AgentView(None, (mine, other), 0, image, turns, upcoming)
+
+
+def test_learned_debater_never_reveals_a_revealed_or_zero_pixel():
+    x, *_ = D.load_split(0.25, seed=0)
+    # Without the mask the policy would pick a pixel of `favoured` (a +100 bias), which are all either zero
+    # or already revealed in these games: it must pick another nonzero pixel.
+    favoured = np.arange(16, 48)
+    bias = np.zeros(64)
+    bias[favoured] = 100.0
+    debater = _policy(bias=bias)
+    games = [i for i in range(200) if (x[i][np.setdiff1d(np.arange(64), favoured)] > 0).any()][:50]
+    views = [_view(x[i], [p for p in favoured if x[i][p] > 0]) for i in games]
+    picks = [m.evidence[0] for m in debater(views)]
+    for i, p in zip(games, picks, strict=True):
+        assert p not in favoured and x[i][p] > 0, (i, p)
+    # The assertion is not vacuous: with every pixel allowed, the same weights pick a favoured pixel.
+    model = nnx.merge(debater.graphdef, debater.state)
+    xs = np.stack([x[i] for i in games])
+    values, mask = D._revealed(views)
+    feats = D.policy_features(xs, values, mask, np.zeros(len(games), int), np.ones(len(games), int),
+                              np.zeros(len(games), int), np.ones(len(games)), np.ones(len(games)))  # fmt: skip
+    free = np.asarray(model(feats, np.ones_like(xs, bool)).argmax(-1))
+    assert np.isin(free, favoured).all()
+
+
+def test_vectorised_games_reveal_k_distinct_nonzero_pixels(small_judge):
+    judge, x, y = small_judge
+    debater = _policy(seed=3)
+    n, k = len(y), 4
+    table = np.array([[0, 1, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], np.int32)  # D.GAME_TYPES
+    movers = table[np.arange(n) % 4]
+    claims = np.stack([y, (y + 3) % 10], axis=-1).astype(np.int32)
+    for kinds, sample in (
+        (("policy", "policy"), True),
+        (("policy", "greedy"), False),
+        (("random", "policy"), True),
+    ):
+        mask, logp, ent, p = D._play_batch(
+            debater.graphdef, debater.state, judge.graphdef, judge.state, jnp.asarray(x), claims, movers,
+            np.zeros(n, np.int32), jax.random.key(0), kinds=kinds, sample=sample,
+        )  # fmt: skip
+        mask = np.asarray(mask)
+        assert (mask.sum(1) == k).all() and (x[mask > 0] > 0).all(), kinds
+        policy_moves = np.asarray(movers == 0) if kinds[0] == "policy" else np.asarray(movers == 1)
+        if kinds[1] == "policy":
+            policy_moves |= np.asarray(movers == 1)
+        assert (np.asarray(logp)[policy_moves] < 0).all() and (np.asarray(logp)[~policy_moves] == 0).all()
+        assert ((np.asarray(p) > 0) & (np.asarray(p) < 1)).all()
+
+
+def test_learned_debater_plays_debate_and_consultancy_in_the_engine(small_judge):
+    judge, x, y = small_judge
+    questions = [P.Question(x[i], (int(y[i]), (int(y[i]) + 5) % 10), correct=0, id=i) for i in range(12)]
+    learned, greedy = _policy(seed=1), D.SearchDebater(judge, "greedy")
+    decide, channel, schedule = D.pixel_judge(judge), P.PixelChannel(), P.Schedule(4)
+    for honest, liar in ((learned, greedy), (greedy, learned), (learned, learned)):
+        outcomes = P.debate(questions, honest, liar, decide, channel, schedule, P.Budget(max_evidence=1))
+        assert sorted(o.honest_first for o in outcomes) == [False] * 12 + [True] * 12
+        for o in outcomes:
+            pixels = [e.content[0] for t in o.transcript for e in t.evidence]
+            assert len(set(pixels)) == 4 and all(x[o.question_id][i] > 0 for i in pixels)
+    outcomes = P.consultancy(questions, learned, decide, channel, schedule, P.Budget(max_evidence=1))
+    assert len(outcomes) == 48 and {o.assignment for o in outcomes} == {"honest", "dishonest"}
+    assert all(len({e.content[0] for t in o.transcript for e in t.evidence}) == 4 for o in outcomes)
+
+
+def test_self_play_rl_raises_the_honest_win_rate_against_a_fixed_greedy_liar(small_judge):
+    judge, *_ = small_judge
+    x_train, y_train, x_test, y_test = D.load_split(0.25, seed=0)
+    x_test, y_test = x_test[:200], y_test[:200]
+    opts = D.DigitsDebateOptions(learned_steps=200, learned_batch=64, learned_hidden=64)
+    rng = np.random.default_rng(0)
+    lies = np.array([c for (c,) in D.liar_labels(judge, x_train, y_train, opts, rng)], np.int32)
+    questions = [P.Question(x_test[i], (int(y_test[i]), int(c)), correct=0, id=i)
+                 for i, (c,) in enumerate(D.liar_labels(judge, x_test, y_test, opts, rng))]  # fmt: skip
+    greedy = D.SearchDebater(judge, "greedy")
+    curve = []
+
+    def honest_wins(debater):  # engine games on held-out images, both orders
+        return _honest_wins(P.debate(questions, debater, greedy, D.pixel_judge(judge), P.PixelChannel(),
+                                     P.Schedule(4), P.Budget(max_evidence=1)))  # fmt: skip
+
+    def monitor(debater, done):
+        if done == 0:
+            curve.append(honest_wins(D.LearnedDebater(debater.graphdef, debater.state)))
+
+    trained = D.train_learned_debater(judge, x_train, y_train, lies, opts, seed=0, monitor=monitor)
+    before, after = curve[0], honest_wins(trained)
+    _, before_hi = wilson_interval(*before)
+    after_lo, _ = wilson_interval(*after)
+    assert after_lo > before_hi + 0.1, (before, after)
+
+
+def test_a_run_with_the_learned_debater_reports_it_everywhere(tmp_path):
+    run_dir = tmp_path / "run"
+    _oversight(*TINY, "experiment.pixels=[2]", "experiment.max_questions=16", "experiment.agents=[greedy,learned]",
+               "experiment.consultant=learned", "experiment.learned_steps=20", "experiment.learned_batch=16",
+               "experiment.learned_hidden=16", f"hydra.run.dir={run_dir}")  # fmt: skip
+    rows = _rows(run_dir)
+    acc = {r["method"]: r["n"] for r in rows if r["metric"] == "debate/accuracy"}
+    assert acc["debate learned"] == 32 and acc["consultancy learned"] == 64
+    cross = {
+        (r["honest_agent"], r["liar_agent"])
+        for r in rows
+        if r["metric"] == "debate/crossplay_honest_win_rate"
+    }
+    assert cross == {("greedy", "learned"), ("learned", "greedy")}
+    elo = {(r["agent"], r["side"]) for r in rows if r["metric"] == "debate/elo"}
+    assert {("learned", "honest"), ("learned", "liar")} <= elo
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [m for m in metrics if "learned_k2/debate_honest_win_rate" in m]
+    assert [m["learned_k2/step"] for m in curve] == list(range(1, 21))
+    probes = [m["learned_k2/step"] for m in metrics if "learned_k2/honest_win_vs_greedy" in m]
+    assert probes == [0, 20]
+    steps = [m["step"] for m in metrics]
+    assert steps == sorted(set(steps))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"learned_k2/honest_win_vs_greedy/before", "learned_k2/honest_win_vs_greedy/after"} <= set(summary)
