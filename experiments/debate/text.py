@@ -1,6 +1,6 @@
 """Hidden-passage text debate: debaters quote a passage the judge never sees; quotes are verified.
 
-    oversight experiment=debate_text                      # 510-575 CPU-seconds (2026-12-01 CPU, 2 cores)
+    oversight experiment=debate_text                      # 510-620 CPU-seconds (2026-12-01 CPU, 2 cores)
     oversight -m experiment=debate_text seed=0,1,2        # the 3-seed table
     oversight experiment=debate_text model=hf model.checkpoint=/path/to/hf tokenizer=/path/to/hf
     oversight experiment=debate_text experiment.judge_checkpoint=/path/to/small_hf   # an imported judge too
