@@ -1,6 +1,6 @@
 """Hidden-passage text debate: debaters quote a passage the judge never sees; quotes are verified.
 
-    oversight experiment=debate_text                      # 1.7 min (2026-12-01 CPU) to 8 min (older, busy CPU)
+    oversight experiment=debate_text                      # 510-620 CPU-seconds (2026-12-01 CPU, 2 cores)
     oversight -m experiment=debate_text seed=0,1,2        # the 3-seed table
     oversight experiment=debate_text model=hf model.checkpoint=/path/to/hf tokenizer=/path/to/hf
     oversight experiment=debate_text experiment.judge_checkpoint=/path/to/small_hf   # an imported judge too
@@ -27,8 +27,10 @@ without which the small character-level models here do not learn to compare stri
 Agents. A debater is a `QuotePolicy`: the framework transformer (`model=...`) with a scalar `quote` head
 scores each candidate quote (every passage sentence, plus its claim when that is not in the passage, i.e.
 a fabrication), given the protocol (debate / consultancy), whether the candidate is from the passage, and
-its claim read against the candidate; it samples one (softmax at `temperature`) and argues a templated
-claim ("It is Lima."). It does not read the opponent's quotes (it only avoids repeating a quote). One
+its claim read against the candidate, after the transcript so far: the earlier quotes (`seen_quotes`, by
+default all), each marked as its own or the opponent's and [v]/[u], read against the quoter's claim as the
+judge reads them, so in sequential debate the second speaker reads the first one's quote. It samples one
+(softmax at `temperature`, never repeating a quote) and argues a templated claim ("It is Lima."). One
 network plays both sides (self-play), trained by RL with the judge's verdict as reward (p(its answer), or
 log p) on fresh debate and consultancy games, honest and dishonest seats alike, with the RLHF core's
 pieces: the framework's jitted train step (`make_train_step`), a PPO clipped surrogate on whitened
@@ -42,6 +44,10 @@ claim, gets an evidence score; the verdict's log-odds for A are the sum of A's q
 deliberately weak, additive reader: it cannot weigh one quote against another). It is trained with the
 true labels on transcripts of random quoters (debate, consultancy, empty), as Irving et al. trained theirs
 on random reveals, and stays fixed while the debaters train, so trained debaters can find its blind spots.
+Then (`judge_rounds` >= 1) it continues training on the trained debaters' own debate and consultancy
+transcripts of fresh training questions (true labels; half of each batch still random-quoter transcripts,
+`judge_retrain_mix`), and every protocol is measured again against it (stage "judge retrained"); further
+rounds alternate debater training and judge retraining ("after r2", "judge retrained r2", ...).
 `judge=simulated`: a rule-based overseer that believes a verified quote stating the asked fact, is swayed
 by `overseer_gullibility` for any other verified quote naming an answer, and ignores unverified quotes.
 
@@ -50,11 +56,12 @@ model.checkpoint=... tokenizer=...`); the learned judge takes the debaters' fami
 vocabulary at its own smaller size, or `experiment.judge_checkpoint`. Texts are tokenized with `tokenizer`
 (character-level by default, a local Hugging Face tokenizer otherwise).
 
-Protocols on the same held-out questions, both answer orders, before and after debater training: blind
-judge, assigned consultancy (honest and dishonest both played, averaged), debate (honest vs liar, each
-first once), the oracle (reads the passage; upper bound); a cross-play of initial and trained debaters with
-Elo per side. Results rows (`results.jsonl`, Wilson or bootstrap 95% intervals, column `stage` = before |
-after): `debate/accuracy` (and order / side splits, log score, ECE, Brier), `debate/honest_win_rate`,
+Protocols on the same held-out questions, both answer orders, before and after debater training and after
+judge retraining: blind judge, assigned consultancy (honest and dishonest both played, averaged), debate
+(honest vs liar, each first once), the oracle (reads the passage; upper bound); a cross-play of initial and
+trained debaters (under the first judge) with Elo per side. Results rows (`results.jsonl`, Wilson or
+bootstrap 95% intervals, column `stage` = before | after | judge retrained [| after r2 | ...], `round`):
+`debate/accuracy` (and order / side splits, log score, ECE, Brier), `debate/honest_win_rate`,
 `debate/evidence_*` (verified, unverified, deciding-quote and misleading-quote rates), `debate/elo`.
 """
 
@@ -124,6 +131,16 @@ class TextDebateOptions:
     judge_learning_rate: float = 0.002
     # Simulated overseer: pull of a verified quote that mentions an answer without stating the asked fact.
     overseer_gullibility: float = 1.0
+    # --- judge retraining on trained debaters' transcripts (learned judge only; stage "judge retrained")
+    # Rounds of: train the debaters against the current judge, then retrain the judge on their transcripts
+    # (0: the judge stays the random-quoter one throughout, as before).
+    judge_rounds: int = 1
+    # Fresh *training* questions per round (never held-out ones) whose trained-debater transcripts, debate
+    # and consultancy (honest and dishonest), both orders, the judge is retrained on.
+    judge_retrain_questions: int = 500
+    judge_retrain_steps: int = 300
+    # Fraction of each retraining batch drawn from the original random-quoter transcripts (0: none).
+    judge_retrain_mix: float = 0.5
     # --- debater RL (self-play, the judge's verdict as reward)
     rl_iterations: int = 20
     # Fresh questions per iteration (played in both orders; consultancy honest and dishonest).
@@ -136,6 +153,9 @@ class TextDebateOptions:
     kl_coef: float = 0.02
     ent_coef: float = 0.0
     temperature: float = 1.0
+    # Quotes of the transcript so far the debater reads (the most recent, with who made them and their
+    # [v]/[u] marks): null for all of them (2 x quotes - 1 at most), 0 for none (a transcript-blind policy).
+    seen_quotes: int | None = None
     # Reward of a seat: judge probability of its answer ("prob") or its log ("log", Michael et al.).
     reward: str = "prob"
     # Debaters evaluated by their most likely quote instead of a sample.
@@ -172,6 +192,14 @@ class TextDebateOptions:
             raise ValueError("experiment.rl_epochs and rl_minibatches must be >= 1, rl_iterations >= 0")
         if self.temperature <= 0:
             raise ValueError(f"experiment.temperature={self.temperature} must be > 0")
+        if self.judge_rounds < 0 or self.judge_retrain_questions < 1 or self.judge_retrain_steps < 0:
+            raise ValueError(
+                "experiment.judge_rounds and judge_retrain_steps must be >= 0, judge_retrain_questions >= 1"
+            )
+        if not 0.0 <= self.judge_retrain_mix <= 1.0:
+            raise ValueError(f"experiment.judge_retrain_mix={self.judge_retrain_mix} must be in [0, 1]")
+        if self.seen_quotes is not None and self.seen_quotes < 0:
+            raise ValueError(f"experiment.seen_quotes={self.seen_quotes} must be >= 0 (or null for all)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,6 +254,28 @@ def make_questions(n: int, opts: TextDebateOptions, seed: int, prefix: str = "q"
     return [make_question(rng, opts, f"{prefix}{i}") for i in range(n)]
 
 
+def question_key(q: P.Question) -> tuple:
+    """What makes two questions the same game: the passage's facts (in any order) and the question asked."""
+    return frozenset(P.normalise(s) for s in passage_sentences(q.source)), q.question
+
+
+def training_questions(n: int, opts: TextDebateOptions, seed: int, prefix: str, held_out) -> list[P.Question]:
+    """`n` generated questions, skipping any that is one of `held_out` (same facts, same question): training
+    data that never contains an evaluation game."""
+    rng = np.random.default_rng(seed)
+    banned = {question_key(q) for q in held_out}
+    out, i = [], 0
+    while len(out) < n:
+        if i >= 100 * n + 1000:
+            raise ValueError(f"could not generate {n} training questions outside the held-out ones: the "
+                             "options allow too few different questions")  # fmt: skip
+        q = make_question(rng, opts, f"{prefix}{i}")
+        i += 1
+        if question_key(q) not in banned:
+            out.append(q)
+    return out
+
+
 def candidates(view: P.AgentView) -> list[str]:
     """Quotes a debater may make: every passage sentence, then the claim for its answer when the passage
     does not hold it (a fabrication, which the channel will mark unverified)."""
@@ -274,12 +324,25 @@ def evidence_text(question: str, mine: str, evidence: P.Evidence) -> str:
     )
 
 
-def policy_text(view: P.AgentView, candidate: str) -> str:
-    """What the debater scores per candidate: protocol (D/C), whether the candidate is a passage sentence
-    or made up (p/f: the debater reads the passage, so it knows), and its claim read against the candidate."""
+def seen_text(answer: int, question: str, answers: tuple, quoter: int, evidence: P.Evidence) -> str:
+    """One earlier quote as a debater arguing `answer` reads it: m (its own) or o (the opponent's), then the
+    quote as the judge reads it, its [v]/[u] mark and the quoter's claim aligned with it ("o[v] Ada ...")."""
+    return f"{'m' if quoter == answer else 'o'}{evidence_text(question, answers[quoter], evidence)}"
+
+
+def policy_text(view: P.AgentView, candidate: str, seen: int | None = None) -> str:
+    """What the debater scores per candidate: the transcript so far (its last `seen` quotes, all when None,
+    see `seen_text`), then the protocol (D/C), whether the candidate is a passage sentence or made up (p/f:
+    the debater reads the passage, so it knows), and its claim read against the candidate. In sequential
+    debate the second speaker thus reads the first one's quote; with no quotes yet (or `seen=0`) the text is
+    the candidate part alone."""
     tag = "D" if is_debate(view) else "C"
     made_up = "p" if candidate in passage_sentences(view.source) else "f"
-    return f"{tag} {made_up} {aligned(claim_sentence(view.question, view.answers[view.answer]), candidate)}"
+    own = f"{tag} {made_up} {aligned(claim_sentence(view.question, view.answers[view.answer]), candidate)}"
+    items = [(t.answer, e) for t in view.turns for e in t.evidence]
+    items = items[-seen:] if seen else ([] if seen == 0 else items)
+    history = " ".join(seen_text(view.answer, view.question, view.answers, a, e) for a, e in items)
+    return f"{history} > {own}" if history else own
 
 
 def encode(tokenizer, texts: list[str], length: int, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -329,6 +392,12 @@ def judge_loss(model, batch):
     return loss, {"accuracy": ((logit > 0) == (y > 0.5)).mean()}
 
 
+@partial(jax.jit, static_argnums=0)
+def _judge_logits(graphdef, state, tokens, mask, sign):
+    """judge_logits of a split model; compiled once per graph and shape, shared by every judge instance."""
+    return judge_logits(nnx.merge(graphdef, state), tokens, mask, sign)
+
+
 class LearnedJudge:
     """Engine judge around a trained transformer: P(answer A) from the question, answers and transcript.
 
@@ -339,7 +408,7 @@ class LearnedJudge:
     def __init__(self, graphdef, state, tokenizer, length: int, slots: int, batch: int = 256):
         self.graphdef, self.state, self.tokenizer = graphdef, state, tokenizer
         self.length, self.slots, self.batch = length, slots, batch
-        self._logits = jax.jit(lambda state, *a: judge_logits(nnx.merge(graphdef, state), *a))
+        self._logits = partial(_judge_logits, graphdef)
 
     def encode(self, views: list[P.JudgeView]) -> dict[str, np.ndarray]:
         """tokens, mask (N, M, T) and sign (N, M) of every quote in the transcripts."""
@@ -438,17 +507,20 @@ def _capture(views_out: list) -> P.Judge:
     return judge
 
 
-def judge_training_views(questions, opts, schedules, budget, seed):
-    """(views, labels): random-quoter debate, consultancy and empty transcripts of `questions`, both orders."""
+def judge_training_views(questions, opts, schedules, budget, seed, agent=None, blind=True):
+    """(views, labels): debate, consultancy and (with `blind`) empty transcripts of `questions`, both orders,
+    labelled with the truth (1 when answer A is true). Played by `agent` in every seat (self-play), by
+    default random quoters (seeded by `seed`)."""
     views, labels = [], []
     truth = {q.id: q.correct for q in questions}
-    rnd = random_quoter(seed)
+    rnd = random_quoter(seed) if agent is None else agent
     channel = P.QuoteChannel()
     runs = [
         lambda j: P.debate(questions, rnd, rnd, j, channel, schedules["debate"], budget),
         lambda j: P.consultancy(questions, rnd, j, channel, schedules["consultancy"], budget),
-        lambda j: P.blind(questions, j),
     ]
+    if blind:
+        runs.append(lambda j: P.blind(questions, j))
     for play in runs:
         captured: list = []
         outcomes = play(_capture(captured))
@@ -457,34 +529,94 @@ def judge_training_views(questions, opts, schedules, budget, seed):
     return views, np.array(labels, np.int32)
 
 
+class _Cycler:
+    """Indices of a data set of `n` rows, `k` at a time, in permutations renewed when one runs out."""
+
+    def __init__(self, n: int, rng: np.random.Generator):
+        self.n, self.rng = n, rng
+        self.order, self.pos = rng.permutation(n), 0
+
+    def take(self, k: int) -> np.ndarray:
+        if self.pos + k > self.n:
+            self.order, self.pos = self.rng.permutation(self.n), 0
+        idx = self.order[self.pos : self.pos + k]
+        self.pos += k
+        return idx
+
+
+def fresh_optimizer(state):
+    """A (model, optimizer) train state with the model copied and the optimizer as newly initialised (AdamW's
+    moments, step count and learning-rate schedule all start at zero): a new training stage from the current
+    weights that the same compiled train step runs."""
+    out = jax.tree.map(jnp.copy, state)
+    out[1] = jax.tree.map(jnp.zeros_like, out[1])
+    return out
+
+
+class JudgeTrainer:
+    """The learned judge's (model, optimizer) state and its one jitted train step: the random-quoter stage and
+    every retraining stage continue the same judge with the same compiled step (batch shape fixed)."""
+
+    def __init__(self, model_cfg, opts, tokenizer, length, seed, mesh, rules):
+        train_cfg = TrainConfig(
+            steps=opts.judge_steps, batch_size=opts.judge_batch, learning_rate=opts.judge_learning_rate,
+            warmup_steps=min(50, opts.judge_steps // 10), weight_decay=0.0,
+        )  # fmt: skip
+        tx = make_optimizer(train_cfg)
+        self.graphdef, self.state, shardings = init_train_state(model_cfg, tx, seed, mesh, rules)
+        self.step_fn = make_train_step(self.graphdef, judge_loss, shardings, mesh, rules)
+        self.tokenizer, self.length, self.batch = tokenizer, length, opts.judge_batch
+        self.slots = max(1, 2 * opts.quotes)
+
+    def encode(self, views, labels) -> dict[str, np.ndarray]:
+        """tokens, mask (N, M, T), sign (N, M) and label (N, 1) of (transcript, truth) pairs."""
+        data = LearnedJudge(self.graphdef, None, self.tokenizer, self.length, self.slots).encode(views)
+        data["label"] = np.asarray(labels, np.int32)[:, None]
+        return data
+
+    def fit(self, parts, steps: int, seed: int, log, prefix: str = "judge") -> LearnedJudge:
+        """`steps` optimizer steps; each batch takes round(fraction x judge_batch) rows from each part of
+        `parts`, [(data, fraction)] (the last part fills the batch). Returns the judge as trained so far."""
+        rng = np.random.default_rng(seed)
+        counts = [round(f * self.batch) for _, f in parts[:-1]]
+        counts.append(self.batch - sum(counts))
+        cyclers = []
+        for (data, _), k in zip(parts, counts, strict=True):
+            n = len(data["label"])
+            if k > n:
+                raise ValueError(
+                    f"experiment.judge_batch={self.batch}: {k} rows per batch from {n} transcripts"
+                )
+            cyclers.append(_Cycler(n, rng))
+        for step in range(steps):
+            pieces = []
+            for (data, _), cycler, k in zip(parts, cyclers, counts, strict=True):
+                if k:
+                    idx = cycler.take(k)
+                    pieces.append({key: v[idx] for key, v in data.items()})
+            batch = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+            self.state, metrics = self.step_fn(self.state, batch)
+            if (step + 1) % 50 == 0 or step + 1 == steps:
+                log({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, step + 1)
+        return self.judge()
+
+    def judge(self) -> LearnedJudge:
+        """The judge with a copy of the current weights (later training steps donate `state`)."""
+        model_graphdef, model_state = nnx.split(nnx.merge(self.graphdef, self.state)[0])
+        return LearnedJudge(model_graphdef, jax.tree.map(jnp.copy, model_state), self.tokenizer, self.length,
+                            self.slots)  # fmt: skip
+
+
 def train_judge(model_cfg, views, labels, opts, tokenizer, length, seed, mesh, rules, log) -> LearnedJudge:
     """Supervised judge training on (transcript, truth) pairs with the framework's jitted step."""
-    train_cfg = TrainConfig(
-        steps=opts.judge_steps, batch_size=opts.judge_batch, learning_rate=opts.judge_learning_rate,
-        warmup_steps=min(50, opts.judge_steps // 10), weight_decay=0.0,
-    )  # fmt: skip
-    tx = make_optimizer(train_cfg)
-    graphdef, state, shardings = init_train_state(model_cfg, tx, seed, mesh, rules)
-    step_fn = make_train_step(graphdef, judge_loss, shardings, mesh, rules)
-    slots = max(1, 2 * opts.quotes)
-    data = LearnedJudge(graphdef, state, tokenizer, length, slots).encode(views)  # (N, M, T), (N, M)
-    data["label"] = labels[:, None]  # (N, 1)
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    if opts.judge_batch > n:
-        raise ValueError(f"experiment.judge_batch={opts.judge_batch} exceeds the {n} judge transcripts")
-    order, pos = rng.permutation(n), 0
-    for step in range(opts.judge_steps):
-        if pos + opts.judge_batch > n:
-            order, pos = rng.permutation(n), 0
-        idx = order[pos : pos + opts.judge_batch]
-        pos += opts.judge_batch
-        batch = {k: v[idx] for k, v in data.items()}
-        state, metrics = step_fn(state, batch)
-        if (step + 1) % 50 == 0 or step + 1 == opts.judge_steps:
-            log({f"judge/{k}": float(v) for k, v in metrics.items()}, step + 1)
-    model_graphdef, model_state = nnx.split(nnx.merge(graphdef, state)[0])
-    return LearnedJudge(model_graphdef, model_state, tokenizer, length, slots)
+    return train_judge_stage(model_cfg, views, labels, opts, tokenizer, length, seed, mesh, rules, log)[0]
+
+
+def train_judge_stage(model_cfg, views, labels, opts, tokenizer, length, seed, mesh, rules, log):
+    """(judge, trainer, data): the random-quoter judge, the trainer that retraining continues, its data."""
+    trainer = JudgeTrainer(model_cfg, opts, tokenizer, length, seed, mesh, rules)
+    data = trainer.encode(views, labels)
+    return trainer.fit([(data, 1.0)], opts.judge_steps, seed, log), trainer, data
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -537,17 +669,25 @@ def game_key(source, question, answers, answer) -> tuple:
     return (source, question, tuple(answers), int(answer))
 
 
+@partial(jax.jit, static_argnums=0)
+def _policy_scores(graphdef, state, tokens, mask):
+    """policy_scores of a split (model, optimizer) state; compiled once per graph and shape, shared by every
+    QuotePolicy (initial, trained, each round's) instead of one compilation per instance."""
+    return policy_scores(nnx.merge(graphdef, state)[0], tokens, mask)
+
+
 class QuotePolicy:
     """Engine agent: scores every candidate quote with the transformer's `quote` head and samples one."""
 
     def __init__(self, graphdef, state, tokenizer, length: int, n_candidates: int, *, temperature=1.0,
-                 greedy=False, seed=0, ref_state=None, name="policy"):  # fmt: skip
+                 greedy=False, seed=0, ref_state=None, name="policy", seen: int | None = None):  # fmt: skip
         self.graphdef, self.state, self.ref_state = graphdef, state, ref_state
+        self.seen = seen  # earlier quotes read (policy_text); None: all
         self.tokenizer, self.length, self.n_candidates = tokenizer, length, n_candidates
         self.temperature, self.greedy, self.name = temperature, greedy, name
         self.rng = np.random.default_rng(seed)
         self.record: list[Decision] | None = None
-        self._scores = jax.jit(lambda s, tok, m: policy_scores(nnx.merge(graphdef, s)[0], tok, m))
+        self._scores = partial(_policy_scores, graphdef)
 
     def __repr__(self) -> str:
         return f"QuotePolicy({self.name})"
@@ -565,7 +705,7 @@ class QuotePolicy:
             if len(cands) > c:
                 raise ValueError(f"{len(cands)} candidate quotes exceed the policy's {c}")
             done = {P.normalise(e.content) for t in v.turns for e in t.evidence}
-            tk, mk = encode(self.tokenizer, [policy_text(v, x) for x in cands], self.length,
+            tk, mk = encode(self.tokenizer, [policy_text(v, x, self.seen) for x in cands], self.length,
                             "model.max_seq_len (debater prompt length)")  # fmt: skip
             tokens[i, : len(cands)], mask[i, : len(cands)] = tk, mk
             allowed[i, : len(cands)] = [P.normalise(x) not in done for x in cands]
@@ -701,19 +841,32 @@ def quote_kinds(outcomes: list[P.Outcome], questions: dict) -> dict[str, list[fl
 # ----------------------------------------------------------------------------------------------------------
 
 
+def seen_quotes(opts: TextDebateOptions) -> int:
+    """Earlier quotes a debater reads at most: every move but its own (2 x quotes moves of one quote each),
+    or `experiment.seen_quotes` if fewer."""
+    most = 2 * opts.quotes - 1
+    return most if opts.seen_quotes is None else min(opts.seen_quotes, most)
+
+
 def text_lengths(tokenizer, opts: TextDebateOptions) -> tuple[int, int]:
-    """(debater text length, judge quote-text length) in tokens: the longest renderings the options allow."""
+    """(debater text length, judge quote-text length) in tokens: the longest renderings the options allow
+    (the debater's with `seen_quotes(opts)` earlier quotes before its candidate)."""
     probe = lambda t: len(tokenizer.encode(t)) + 1  # noqa: E731 - + BOS
     names, cities, rels = NAMES, CITIES[: opts.cities], RELATIONS[: opts.relations]
     fake = P.Evidence("quote", "", False)
-    policy = judge = 0
+    own, seen = ("", 0), ("", 0)
     for e in names:
         for r in rels:
             q = question_text(e, r)
             for c in cities:
                 s = fact_sentence(max(names, key=len), max(rels, key=len), max(cities, key=len))
-                policy = max(policy, probe(f"D p {aligned(claim_sentence(q, c), s)}"))
-                judge = max(judge, probe(evidence_text(q, c, replace_content(fake, s))))
+                text = f"D p {aligned(claim_sentence(q, c), s)}"
+                own = max(own, (text, probe(text)), key=lambda x: x[1])
+                text = seen_text(0, q, (c, c), 1, replace_content(fake, s))  # "o[u] ..."
+                seen = max(seen, (text, probe(text)), key=lambda x: x[1])
+    k = seen_quotes(opts)
+    policy = probe(" ".join([seen[0]] * k + [">", own[0]]) if k else own[0])
+    judge = probe(seen[0][1:])  # the judge reads the same quote text without the m/o mark
     return round_up(policy, 8), round_up(judge, 8)
 
 
@@ -734,7 +887,8 @@ def run(ctx: RunContext) -> None:
     n_cand = opts.entities * opts.relations + 1
     if policy_len > debater_cfg.max_seq_len:
         raise ValueError(
-            f"model.max_seq_len={debater_cfg.max_seq_len} < debater prompts of {policy_len} tokens"
+            f"model.max_seq_len={debater_cfg.max_seq_len} < debater prompts of {policy_len} tokens (fewer "
+            "experiment.quotes or experiment.seen_quotes make them shorter)"
         )
     budget = P.Budget(max_evidence=1, max_quote_chars=opts.max_quote_chars)
     schedules = {
@@ -773,7 +927,7 @@ def run(ctx: RunContext) -> None:
             )
         train_qs = make_questions(opts.judge_questions, opts, cfg.seed * 1_000_003 + 2, prefix="j")
         views, labels = judge_training_views(train_qs, opts, schedules, budget, cfg.seed + 3)
-        judge = train_judge(
+        judge, judge_trainer, random_data = train_judge_stage(
             judge_cfg, views, labels, opts, tokenizer, judge_len, cfg.seed + 4, mesh, rules, log
         )
         summary["judge/params"] = judge_cfg.num_params()
@@ -794,12 +948,13 @@ def run(ctx: RunContext) -> None:
 
     def agent(state, name, seed):
         return QuotePolicy(graphdef, state, tokenizer, policy_len, n_cand, temperature=opts.temperature,
-                           greedy=opts.eval_greedy, seed=seed, ref_state=ref_state, name=name)  # fmt: skip
+                           greedy=opts.eval_greedy, seed=seed, ref_state=ref_state, name=name,
+                           seen=seen_quotes(opts))  # fmt: skip
 
     table: dict[str, float] = {}
 
-    def add(method, stage, outcomes, protocol):
-        extra = {**common, "method": method, "stage": stage, "protocol": protocol}
+    def add(method, stage, outcomes, protocol, round_=0):
+        extra = {**common, "method": method, "stage": stage, "protocol": protocol, "round": round_}
         rows.extend(P.protocol_rows("debate", outcomes, n_resamples=opts.bootstrap, seed=cfg.seed, **extra))
         acc = float(np.mean([o.correct for o in outcomes]))
         table[f"{method} [{stage}]"] = acc
@@ -816,55 +971,99 @@ def run(ctx: RunContext) -> None:
             rows.append(proportion_row("debate/honest_win_rate", sum(o.correct for o in outcomes),
                                        len(outcomes), **extra))  # fmt: skip
 
-    def evaluate(stage, policy):
+    def evaluate(stage, policy, round_=0):
+        """Every protocol on the held-out questions with the current `judge` and debater `policy`."""
+        add("blind judge", stage, P.blind(eval_qs, judge), "blind", round_)
+        add("oracle judge", stage, P.oracle(eval_qs, oracle_reader), "oracle", round_)
         c = P.consultancy(eval_qs, policy, judge, channel, schedules["consultancy"], budget)
-        add("consultancy", stage, c, "consultancy")
+        add("consultancy", stage, c, "consultancy", round_)
         d = P.debate(eval_qs, policy, policy, judge, channel, schedules["debate"], budget)
-        add("debate", stage, d, "debate")
+        add("debate", stage, d, "debate", round_)
         return d
 
-    add("blind judge", "before", P.blind(eval_qs, judge), "blind")
-    add("oracle judge", "before", P.oracle(eval_qs, oracle_reader), "oracle")
     initial = agent(ref_state, "initial", cfg.seed + 6)
     self_play = {"initial": evaluate("before", initial)}
 
-    t_rl = time.perf_counter()
-    trainee = agent(state, "trained", cfg.seed + 7)
-    trainee.greedy = False
-    state = train_debaters(
-        trainee, step_fn, state, judge, opts, cfg.seed * 1_000_003 + 8, schedules, budget, log
-    )
-    summary["time/rl_s"] = time.perf_counter() - t_rl
-    trained = agent(state, "trained", cfg.seed + 9)
-    add("blind judge", "after", P.blind(eval_qs, judge), "blind")
-    add("oracle judge", "after", P.oracle(eval_qs, oracle_reader), "oracle")
-    self_play["trained"] = evaluate("after", trained)
+    def crossplay(trained):
+        """Cross-play of initial and trained debaters (under the current judge), Elo per debater and side."""
+        matches = []
+        for h_name, h in (("initial", initial), ("trained", trained)):
+            for l_name, liar in (("initial", initial), ("trained", trained)):
+                out = (
+                    self_play[h_name]
+                    if h_name == l_name
+                    else P.debate(eval_qs, h, liar, judge, channel, schedules["debate"], budget)
+                )
+                wins = sum(o.correct for o in out)
+                matches.append(((h_name, "honest"), (l_name, "liar"), wins / len(out), len(out)))
+                rows.append(proportion_row("debate/crossplay_honest_win_rate", wins, len(out),
+                                           honest_agent=h_name, liar_agent=l_name, **common))  # fmt: skip
+        for (name, side), rating in sorted(P.fit_elo(matches).items()):
+            games = sum(m[3] for m in matches if (name, side) in (m[0], m[1]))
+            rows.append({"metric": "debate/elo", "value": rating, "ci_low": None, "ci_high": None, "n": games,
+                         "agent": name, "side": side, **common})  # fmt: skip
+            summary[f"debate/elo/{name}_{side}"] = rating
 
-    # Cross-play of initial and trained debaters, Elo per debater and side.
-    matches = []
-    for h_name, h in (("initial", initial), ("trained", trained)):
-        for l_name, liar in (("initial", initial), ("trained", trained)):
-            out = (
-                self_play[h_name]
-                if h_name == l_name
-                else P.debate(eval_qs, h, liar, judge, channel, schedules["debate"], budget)
-            )
-            wins = sum(o.correct for o in out)
-            matches.append(((h_name, "honest"), (l_name, "liar"), wins / len(out), len(out)))
-            rows.append(proportion_row("debate/crossplay_honest_win_rate", wins, len(out), honest_agent=h_name,
-                                       liar_agent=l_name, **common))  # fmt: skip
-    for (name, side), rating in sorted(P.fit_elo(matches).items()):
-        games = sum(m[3] for m in matches if (name, side) in (m[0], m[1]))
-        rows.append({"metric": "debate/elo", "value": rating, "ci_low": None, "ci_high": None, "n": games,
-                     "agent": name, "side": side, **common})  # fmt: skip
-        summary[f"debate/elo/{name}_{side}"] = rating
+    # Rounds: the debaters train against the current judge ("after"), then (learned judge, judge_rounds > 0)
+    # the judge continues training on their transcripts ("judge retrained") and every protocol is measured
+    # again with the same debaters; later rounds repeat both ("after r2", "judge retrained r2", ...).
+    retrain = opts.judge == "learned" and opts.judge_rounds > 0
+    debater_pool: list[dict] = []  # trained debaters' transcripts of every round so far (encoded)
+    summary["time/rl_s"] = summary["time/judge_retrain_s"] = 0.0
+    for r in range(1, max(1, opts.judge_rounds) + 1):
+        suffix = "" if r == 1 else f" r{r}"
+        t_rl = time.perf_counter()
+        if r > 1:  # a fresh RL stage from the current debater: new optimizer state, same compiled step
+            state = fresh_optimizer(state)
+        trainee = agent(state, "trained", cfg.seed + 7 + 100 * (r - 1))
+        trainee.greedy = False
+        rl_seed = cfg.seed * 1_000_003 + 8 + 1000 * (r - 1)
+        state = train_debaters(trainee, step_fn, state, judge, opts, rl_seed, schedules, budget, log)
+        summary["time/rl_s"] += time.perf_counter() - t_rl
+        trained = agent(state, "trained", cfg.seed + 9 + 100 * (r - 1))
+        debates = evaluate(f"after{suffix}", trained, r)
+        if r == 1:
+            self_play["trained"] = debates
+            crossplay(trained)
+        if not retrain:
+            continue
+        # Retraining data: the trained debaters' debate and consultancy transcripts on fresh training
+        # questions (never a held-out one), labelled with the truth. We mix in the original random-quoter
+        # transcripts (`judge_retrain_mix` of each batch) and keep the transcripts of earlier rounds'
+        # debaters: the trained debaters cover a narrow set of moves (mostly the deciding sentence for the
+        # honest side, one kind of quote for the liar), so a judge fitted to them alone could forget what it
+        # learned about quotes they no longer make (fabrications, misleading sentences) and be exploited by
+        # the next debaters there; replaying the broad random-quoter data (and past debaters, as fictitious
+        # play does) guards against that.
+        t_judge = time.perf_counter()
+        retrain_qs = training_questions(opts.judge_retrain_questions, opts, cfg.seed * 1_000_003 + 10 + r,
+                                        f"k{r}_", held_out=eval_qs)  # fmt: skip
+        player = agent(state, "trained", cfg.seed + 11 + 100 * (r - 1))
+        views, labels = [], []
+        for i in range(0, len(retrain_qs), opts.eval_questions):  # the evaluation's batch shapes
+            v, y = judge_training_views(retrain_qs[i : i + opts.eval_questions], opts, schedules, budget, 0,
+                                        agent=player, blind=False)  # fmt: skip
+            views, labels = views + v, [*labels, *y]
+        labels = np.array(labels, np.int32)
+        p_a = np.asarray(judge(views))
+        summary[f"judge_retrain/accuracy_before/r{r}"] = float(np.mean((p_a >= 0.5) == (labels == 1)))
+        debater_pool.append(judge_trainer.encode(views, labels))
+        pool = {k: np.concatenate([d[k] for d in debater_pool]) for k in debater_pool[0]}
+        judge_trainer.state = fresh_optimizer(judge_trainer.state)
+        parts = [(random_data, opts.judge_retrain_mix), (pool, 1.0 - opts.judge_retrain_mix)]
+        judge = judge_trainer.fit(parts, opts.judge_retrain_steps, cfg.seed + 12 + r, log, "judge_retrain")
+        p_a = np.asarray(judge(views))
+        summary[f"judge_retrain/accuracy_after/r{r}"] = float(np.mean((p_a >= 0.5) == (labels == 1)))
+        summary[f"judge_retrain/transcripts/r{r}"] = len(pool["label"])
+        summary["time/judge_retrain_s"] += time.perf_counter() - t_judge
+        evaluate(f"judge retrained{suffix}", trained, r)
 
     ctx.tracker.table("results", rows)
     summary["time/total_s"] = time.perf_counter() - t_start
     ctx.tracker.summary(summary)
     print(f"debate_text: {len(eval_qs)} held-out questions, both answer orders, judge {opts.judge}")
     for method, acc in table.items():
-        print(f"  {method:28s} {acc:.3f}")
+        print(f"  {method:34s} {acc:.3f}")
     print(f"{summary['time/total_s']:.0f} s   run folder {ctx.run_dir}")
 
 

@@ -1,6 +1,7 @@
 """The `debate_text` experiment: passages and questions, the quote policy and its RL update, what the judge
 sees, a tiny CLI run, and a run with a tiny imported Hugging Face checkpoint."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -147,7 +148,7 @@ def test_the_policy_quotes_candidates_and_rl_moves_probability_to_the_rewarded_q
     tok = CharTokenizer()
     policy_len, _ = T.text_lengths(tok, OPTS)
     cfg = ModelConfig(
-        vocab_size=101, d_model=32, n_layers=1, n_heads=2, max_seq_len=64, scalar_heads=["quote"]
+        vocab_size=101, d_model=32, n_layers=1, n_heads=2, max_seq_len=128, scalar_heads=["quote"]
     )
     tx = make_optimizer(TrainConfig(steps=40, learning_rate=3e-3, warmup_steps=0, weight_decay=0.0))
     mesh, rules = _mesh(), MeshConfig().rules
@@ -199,6 +200,190 @@ def test_the_policy_quotes_candidates_and_rl_moves_probability_to_the_rewarded_q
     assert all(m.evidence[0] != cands[target[0]] for m in policy([again] * 30))
 
 
+def _tiny_policy(opts, seed=0, seen=None):
+    tok = CharTokenizer()
+    policy_len, _ = T.text_lengths(tok, opts)
+    cfg = ModelConfig(
+        vocab_size=101, d_model=32, n_layers=1, n_heads=2, max_seq_len=256, scalar_heads=["quote"]
+    )
+    model = Transformer(cfg, rngs=nnx.Rngs(seed))
+    graphdef, state = nnx.split((model, model))  # QuotePolicy merges a (model, optimizer)-shaped state
+    n_cand = opts.entities * opts.relations + 1
+    return T.QuotePolicy(graphdef, state, tok, policy_len, n_cand, seed=seed, seen=seen)
+
+
+def test_the_second_speaker_reads_the_first_speakers_quote():
+    """In sequential debate the second mover's view holds the first move; its policy text, tokens and quote
+    scores change with what the opponent quoted (and its [v]/[u] mark), not only with its own candidates."""
+    q = T.make_questions(1, OPTS, seed=6)[0]
+    true, false = q.answers[q.correct], q.answers[1 - q.correct]
+    seen: list[P.AgentView] = []
+
+    def spy(views):
+        seen.extend(views)
+        return T.random_quoter(0)(views)
+
+    P.debate([q], spy, spy, T.simulated_judge(1.0), P.QuoteChannel(), P.Schedule(2), P.Budget(max_evidence=1))
+    second = [v for v in seen if v.turns]
+    assert second and all(len(v.turns) == 1 and v.turns[0].answer != v.answer for v in second)
+    for v in second:
+        opponent = v.turns[0].evidence[0]
+        text = T.policy_text(v, T.candidates(v)[0])
+        mark = "v" if opponent.verified else "u"
+        quoted = T.aligned(T.claim_sentence(v.question, v.answers[v.turns[0].answer]), opponent.content)
+        assert text.startswith(f"o[{mark}] {quoted} > D ")
+        assert T.policy_text(v, T.candidates(v)[0], seen=0).startswith("D ")  # the transcript-blind policy
+
+    # The same seat, the same candidates; the opponent quoted the deciding sentence, a misleading one or a
+    # fabrication: different texts, tokens and scores.
+    proof, fake = T.claim_sentence(q.question, true), T.claim_sentence(q.question, false)
+    misleading = next(s for s in T.passage_sentences(q.source) if s != proof)
+    views = []
+    for content in (proof, misleading, fake):
+        turn = P.Turn(0, q.correct, "", (P.Evidence("quote", content, P.verify_quote(content, q.source)),))
+        views.append(P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (turn,), ()))
+    texts = [T.policy_text(v, T.candidates(v)[0]) for v in views]
+    assert len(set(texts)) == 3 and "o[u]" in texts[2] and "o[v]" in texts[0]
+    policy = _tiny_policy(OPTS)
+    tokens, mask, allowed, _ = policy.encode(views)
+    assert not np.array_equal(tokens[0], tokens[1]) and not np.array_equal(tokens[1], tokens[2])
+    logp = policy.log_probs(policy.state, tokens, mask, allowed)  # (3, C)
+    both = (allowed[0] > 0) & (allowed[1] > 0)
+    assert not np.allclose(logp[0][both], logp[1][both])
+    # Its own earlier quote is marked m; with seen=1 only the latest quote is read.
+    own = P.Turn(0, 1 - q.correct, "", (P.Evidence("quote", misleading, True),))
+    later = P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (own, views[0].turns[0]), ())
+    assert T.policy_text(later, fake).startswith("m[v] ")
+    assert T.policy_text(later, fake, seen=1).startswith("o[v] ")
+
+
+def test_policy_texts_fit_the_lengths_the_options_give():
+    """text_lengths bounds the longest transcript the debater reads: the last mover of a quotes=3 debate."""
+    tok = CharTokenizer()
+    for opts in (OPTS, T.TextDebateOptions(quotes=3), T.TextDebateOptions(quotes=3, seen_quotes=2)):
+        policy_len, _ = T.text_lengths(tok, opts)
+        policy = T.QuotePolicy(None, None, tok, policy_len, opts.entities * opts.relations + 1,
+                               seen=T.seen_quotes(opts))  # fmt: skip
+        most = 0
+        for q in T.make_questions(20, opts, seed=7):
+            rnd = T.random_quoter(1)
+            views: list[P.AgentView] = []
+
+            def spy(vs, views=views, rnd=rnd):
+                views.extend(vs)
+                return rnd(vs)
+
+            P.consultancy([q], spy, lambda v: np.full(len(v), 0.5), P.QuoteChannel(),
+                          P.Schedule(2 * opts.quotes), P.Budget(max_evidence=1))  # fmt: skip
+            policy.encode(views)  # raises if a text does not fit
+            most = max(most, max(T.policy_text(v, T.candidates(v)[0], policy.seen).count("[") for v in views))
+        assert (
+            most
+            == T.seen_quotes(opts)
+            == (opts.seen_quotes if opts.seen_quotes is not None else 2 * opts.quotes - 1)
+        )
+
+
+def test_judge_retraining_questions_are_never_held_out_ones():
+    """The retraining set skips any generated question that is a held-out one (same facts in any order,
+    same question), even when the generator's stream would produce it."""
+    held_out = T.make_questions(30, OPTS, seed=123, prefix="e")
+    unfiltered = T.make_questions(60, OPTS, seed=123, prefix="k")
+    keys = {T.question_key(q) for q in held_out}
+    assert sum(T.question_key(q) in keys for q in unfiltered) == 30  # the same stream: the first 30 collide
+    train = T.training_questions(60, OPTS, seed=123, prefix="k", held_out=held_out)
+    assert len(train) == 60 and not any(T.question_key(q) in keys for q in train)
+    # A reordered passage is the same question.
+    q = held_out[0]
+    shuffled = " ".join(reversed(T.passage_sentences(q.source)))
+    assert T.question_key(dataclasses.replace(q, source=shuffled)) in keys
+    # The transcripts it yields are labelled with the truth and come from these questions only.
+    views, labels = T.judge_training_views(train[:5], OPTS, {"debate": P.Schedule(2), "consultancy":
+                                           P.Schedule(2)}, P.Budget(max_evidence=1), 0, blind=False)  # fmt: skip
+    assert len(views) == len(labels) == 5 * (2 + 4)
+    by_question = {(q.question, frozenset(q.answers)): q for q in train[:5]}
+    for v, y in zip(views, labels, strict=True):
+        q = by_question[(v.question, frozenset(v.answers))]
+        assert y == int(v.answers[0] == q.answers[q.correct])
+        for t in v.turns:
+            for e in t.evidence:
+                assert e.verified == P.verify_quote(e.content, q.source)
+
+
+def test_the_retraining_stage_trains_only_on_training_questions_and_is_measured_on_held_out_ones(
+    tmp_path, monkeypatch
+):
+    """An in-process tiny run with two rounds: every transcript the judge is retrained on comes from
+    questions disjoint from the held-out ones, the retrained judge's stages are measured on exactly the
+    held-out questions, and the retrained judge differs from the one before."""
+    from hydra import compose, initialize_config_dir
+
+    from oversight.cli import CONF_DIR, validate
+    from oversight.config import register_configs
+    from oversight.registry import RunContext
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            *TINY, "experiment.eval_questions=8", "experiment.rl_iterations=1", "experiment.judge_rounds=2",
+            "experiment.judge_questions=16", "experiment.judge_steps=10", "experiment.bootstrap=10",
+            "experiment.judge_retrain_questions=10", "experiment.judge_retrain_steps=5",
+        ])  # fmt: skip
+    typed, _, options = validate(cfg)
+    made, retrain_sets, judged = {}, [], []
+    make_questions, training_views = T.make_questions, T.judge_training_views
+
+    def spy_make(n, opts, seed, prefix="q"):
+        made[prefix] = make_questions(n, opts, seed, prefix)
+        return made[prefix]
+
+    def spy_views(questions, *args, agent=None, **kw):
+        if agent is not None:
+            retrain_sets.append(list(questions))
+        return training_views(questions, *args, agent=agent, **kw)
+
+    monkeypatch.setattr(T, "make_questions", spy_make)
+    monkeypatch.setattr(T, "judge_training_views", spy_views)
+    fit = T.JudgeTrainer.fit
+
+    def spy_fit(self, parts, steps, seed, log, prefix="judge"):
+        judged.append([len(d["label"]) for d, _ in parts])
+        return fit(self, parts, steps, seed, log, prefix)
+
+    monkeypatch.setattr(T.JudgeTrainer, "fit", spy_fit)
+
+    class Tracker:
+        def __init__(self):
+            self.tables, self.summaries = {}, {}
+
+        def log(self, metrics, step):
+            pass
+
+        def table(self, name, rows):
+            self.tables[name] = rows
+
+        def summary(self, values):
+            self.summaries.update(values)
+
+    tracker = Tracker()
+    T.run(RunContext(typed, options, tmp_path, tracker, _mesh()))
+    held_out = {T.question_key(q) for q in made["e"]}
+    assert len(held_out) == 8 and len(retrain_sets) >= 2
+    for questions in retrain_sets:
+        assert questions and not any(T.question_key(q) in held_out for q in questions)
+        assert all(q.id.startswith("k") for q in questions)
+    # Initial fit on the random-quoter data; each round: random-quoter part + the pool of debater
+    # transcripts so far (6 per question: debate and consultancy honest/dishonest, both orders).
+    assert judged == [[16 * 8], [16 * 8, 10 * 6], [16 * 8, 20 * 6]]
+    rows = tracker.tables["results"]
+    stages = {r["stage"] for r in rows if r["metric"] == "debate/accuracy"}
+    assert stages == {"before", "after", "judge retrained", "after r2", "judge retrained r2"}
+    for r in rows:
+        if r["metric"] == "debate/accuracy":
+            assert r["n"] == (32 if r["method"] == "consultancy" else 16)  # the 8 held-out questions
+    assert tracker.summaries["judge_retrain/transcripts/r2"] == 120
+
+
 def test_seat_rewards_pay_each_side_the_judges_probability_of_its_answer():
     q = T.make_questions(1, OPTS, seed=5)[0]
     rnd = T.random_quoter(0)
@@ -229,6 +414,8 @@ TINY = [
     "experiment.rl_iterations=2",
     "experiment.rollout_questions=4",
     "experiment.bootstrap=50",
+    "experiment.judge_retrain_questions=12",
+    "experiment.judge_retrain_steps=10",
 ]
 
 
@@ -245,12 +432,16 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def test_a_tiny_run_writes_every_protocol_before_and_after_training_with_intervals(tmp_path):
+    """...and again after the judge is retrained on the trained debaters' transcripts (stage "judge
+    retrained"), with its retraining logged."""
     run_dir = tmp_path / "run"
     _oversight(*TINY, f"hydra.run.dir={run_dir}")
     rows = _rows(run_dir)
     acc = {(r["method"], r["stage"]): r for r in rows if r["metric"] == "debate/accuracy"}
     methods = ("blind judge", "consultancy", "debate", "oracle judge")
-    assert set(acc) == {(m, s) for m in methods for s in ("before", "after")}
+    stages = ("before", "after", "judge retrained")
+    assert set(acc) == {(m, s) for m in methods for s in stages}
+    assert {r["round"] for r in acc.values() if r["stage"] == "judge retrained"} == {1}
     for (method, _), r in acc.items():
         assert r["n"] == (96 if method == "consultancy" else 48), method  # both orders (x honest/dishonest)
         assert r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9
@@ -259,7 +450,9 @@ def test_a_tiny_run_writes_every_protocol_before_and_after_training_with_interva
     mean = (split["debate/accuracy_honest"]["value"] + split["debate/accuracy_dishonest"]["value"]) / 2
     assert acc[("consultancy", "after")]["value"] == pytest.approx(mean)
     win = [r for r in rows if r["metric"] == "debate/honest_win_rate"]
-    assert sorted(r["stage"] for r in win) == ["after", "before"]
+    assert sorted(r["stage"] for r in win) == ["after", "before", "judge retrained"]
+    kinds = {r["stage"] for r in rows if r["metric"] == "debate/quote_liar_irrelevant"}
+    assert kinds == set(stages)
     kinds = [r for r in rows if r["metric"].startswith("debate/quote_honest_")]
     assert {r["metric"].rsplit("_", 1)[1] for r in kinds} == {
         "deciding",
@@ -273,7 +466,9 @@ def test_a_tiny_run_writes_every_protocol_before_and_after_training_with_interva
     ]  # fmt: skip
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*metrics)
-    assert {"judge/loss", "rl/kl_ref", "rl/honest_reward"} <= keys
+    assert {"judge/loss", "rl/kl_ref", "rl/honest_reward", "judge_retrain/loss"} <= keys
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["judge_retrain/transcripts/r1"] == 12 * 6  # debate + consultancy, both orders
 
 
 # ---------------------------------------------------------------------------------------------- HF checkpoint
@@ -281,8 +476,8 @@ def test_a_tiny_run_writes_every_protocol_before_and_after_training_with_interva
 
 def _words() -> list[str]:
     words = {*T.NAMES, *T.CITIES, *" ".join(T.RELATIONS).split(), "which", "city", "It", "is"}
-    words |= {"D", "C", "p", "f", "v", "u"}  # protocol, provenance and verification marks
-    return sorted(words) + [".", "?", "|", ".|", "[", "]", "||"]
+    words |= {"D", "C", "p", "f", "v", "u", "m", "o"}  # protocol, provenance, verification, quoter marks
+    return sorted(words) + [".", "?", "|", ".|", "[", "]", "||", ">"]
 
 
 def _tiny_hf_checkpoint(folder: Path) -> None:
@@ -344,6 +539,9 @@ def test_the_cli_runs_with_a_tiny_imported_hugging_face_checkpoint(tmp_path):
     q = T.make_questions(1, OPTS, seed=0)[0]
     view = P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (), (q.correct,))
     texts = [T.policy_text(view, c) for c in T.candidates(view)]
+    turn = P.Turn(0, q.correct, "", (P.Evidence("quote", T.candidates(view)[0], True),))
+    later = dataclasses.replace(view, turns=(turn,))
+    texts += [T.policy_text(later, c) for c in T.candidates(later)]  # with the opponent's quote read
     texts += [
         T.evidence_text(q.question, a, P.Evidence("quote", c, False))
         for a in q.answers
