@@ -27,9 +27,10 @@ without which the small character-level models here do not learn to compare stri
 Agents. A debater is a `QuotePolicy`: the framework transformer (`model=...`) with a scalar `quote` head
 scores each candidate quote (every passage sentence, plus its claim when that is not in the passage, i.e.
 a fabrication), given the protocol (debate / consultancy), whether the candidate is from the passage, and
-its claim read against the candidate, after the transcript so far: the earlier quotes (`seen_quotes`, by
-default all), each marked as its own or the opponent's and [v]/[u], read against the quoter's claim as the
-judge reads them, so in sequential debate the second speaker reads the first one's quote. It samples one
+its claim read against the candidate; optionally after the transcript so far: the earlier quotes
+(`seen_quotes`; by default none, null for all), each marked as its own or the opponent's and [v]/[u], read
+against the quoter's claim as the judge reads them, so in sequential debate the second speaker reads the
+first one's quote. It samples one
 (softmax at `temperature`, never repeating a quote) and argues a templated claim ("It is Lima."). One
 network plays both sides (self-play), trained by RL with the judge's verdict as reward (p(its answer), or
 log p) on fresh debate and consultancy games, honest and dishonest seats alike, with the RLHF core's

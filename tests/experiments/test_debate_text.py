@@ -155,7 +155,8 @@ def test_the_policy_quotes_candidates_and_rl_moves_probability_to_the_rewarded_q
     graphdef, state, shardings = init_train_state(cfg, tx, 0, mesh, rules)
     ref = jax.tree.map(lambda x: x.copy(), state)
     n_cand = OPTS.entities * OPTS.relations + 1
-    policy = T.QuotePolicy(graphdef, state, tok, policy_len, n_cand, ref_state=ref, seed=0)
+    policy = T.QuotePolicy(graphdef, state, tok, policy_len, n_cand, ref_state=ref, seed=0,
+                           seen=T.seen_quotes(OPTS))  # fmt: skip
     view = P.AgentView(q.question, q.answers, q.correct, q.source, (), (1 - q.correct,))
     cands = T.candidates(view)
     # The honest side's claim is a passage sentence; the liar's would be a fabrication, offered last.
@@ -200,7 +201,8 @@ def test_the_policy_quotes_candidates_and_rl_moves_probability_to_the_rewarded_q
     assert all(m.evidence[0] != cands[target[0]] for m in policy([again] * 30))
 
 
-def _tiny_policy(opts, seed=0, seen=None):
+def _tiny_policy(opts, seed=0):
+    """A QuotePolicy reading as many earlier quotes as `opts` says, with the input length for that."""
     tok = CharTokenizer()
     policy_len, _ = T.text_lengths(tok, opts)
     cfg = ModelConfig(
@@ -209,7 +211,7 @@ def _tiny_policy(opts, seed=0, seen=None):
     model = Transformer(cfg, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split((model, model))  # QuotePolicy merges a (model, optimizer)-shaped state
     n_cand = opts.entities * opts.relations + 1
-    return T.QuotePolicy(graphdef, state, tok, policy_len, n_cand, seed=seed, seen=seen)
+    return T.QuotePolicy(graphdef, state, tok, policy_len, n_cand, seed=seed, seen=T.seen_quotes(opts))
 
 
 def test_the_second_speaker_reads_the_first_speakers_quote():
@@ -244,7 +246,7 @@ def test_the_second_speaker_reads_the_first_speakers_quote():
         views.append(P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (turn,), ()))
     texts = [T.policy_text(v, T.candidates(v)[0]) for v in views]
     assert len(set(texts)) == 3 and "o[u]" in texts[2] and "o[v]" in texts[0]
-    policy = _tiny_policy(OPTS)
+    policy = _tiny_policy(T.TextDebateOptions(seen_quotes=None))  # reads every earlier quote
     tokens, mask, allowed, _ = policy.encode(views)
     assert not np.array_equal(tokens[0], tokens[1]) and not np.array_equal(tokens[1], tokens[2])
     logp = policy.log_probs(policy.state, tokens, mask, allowed)  # (3, C)
@@ -515,7 +517,8 @@ def test_debaters_and_judge_from_a_tiny_imported_checkpoint_play_the_protocols(t
     graphdef, state, _ = init_train_state(d_cfg, tx, 0, mesh, rules)
     wte = load_file(str(ckpt / "model.safetensors"))["transformer.wte.weight"]
     assert np.allclose(np.asarray(nnx.merge(graphdef, state)[0].embed[...]), wte)
-    policy = T.QuotePolicy(graphdef, state, tok, policy_len, opts.entities * opts.relations + 1, seed=0)
+    policy = T.QuotePolicy(graphdef, state, tok, policy_len, opts.entities * opts.relations + 1, seed=0,
+                           seen=T.seen_quotes(opts))  # fmt: skip
     j_cfg = build_model_config(ModelConfig(checkpoint=str(ckpt), scalar_heads=["judge"]), tok)
     jg, js, _ = init_train_state(j_cfg, tx, 1, mesh, rules)
     model_graphdef, model_state = nnx.split(nnx.merge(jg, js)[0])
