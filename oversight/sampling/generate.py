@@ -96,6 +96,18 @@ def _sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tup
     return token.astype(jnp.int32), logprob
 
 
+# The decoding loop runs in at most this many segments of at least this many steps; each segment's KV cache
+# holds the slots written so far plus its own, not the full prompt + max_new_tokens.
+_MAX_SEGMENTS = 4
+_MIN_SEGMENT_STEPS = 16
+
+
+def decode_segments(n: int) -> list[tuple[int, int]]:
+    """The decoding steps [start, end) of each segment of an n-step loop: (0, n) when n is short."""
+    size = max(_MIN_SEGMENT_STEPS, -(-n // _MAX_SEGMENTS))
+    return [(t, min(t + size, n)) for t in range(0, n, size)]
+
+
 def generate(
     model: Transformer,
     prompt: jax.Array,
@@ -108,6 +120,11 @@ def generate(
     """Sample `cfg.max_new_tokens` tokens after left-padded `prompt` (B, P) with `prompt_mask` (B, P).
 
     Pure function of its inputs: call it under jit (see `Sampler`), never in a Python loop of its own.
+
+    Decoding is memory-bound, and every step reads the whole KV cache, so the loop runs in segments
+    (`decode_segments`), each a `lax.scan` over a cache of P + its last step's slots, zero-extended between
+    segments: P = 32, N = 64 reads 72 slots a step on average instead of 96. Each segment compiles its own
+    loop body. Tokens do not depend on the segmentation: unwritten slots are masked out either way.
     """
     b, p = prompt.shape
     n = cfg.max_new_tokens
@@ -115,12 +132,13 @@ def generate(
         raise ValueError(
             f"prompt length {p} + max_new_tokens {n} exceeds the model's max_seq_len {model.config.max_seq_len}"
         )
-    cache = KVCache.zeros(model.config, b, p + n)
+    segments = decode_segments(n)
+    cache = KVCache.zeros(model.config, b, p + segments[0][1])
     kv_mask = jnp.concatenate(
         [prompt_mask.astype(jnp.int32), jnp.zeros((b, n), jnp.int32)], axis=1
-    )  # (B, P+N)
+    )  # (B, P+N); a segment's steps see its first P + end slots
     positions = positions_from_mask(prompt_mask)  # (B, P)
-    hidden, cache = model(prompt, positions, kv_mask, cache, 0)
+    hidden, cache = model(prompt, positions, kv_mask[:, : p + segments[0][1]], cache, 0)
     logits = model.next_token_logits(hidden[:, -1])  # (B, V)
     stops = jnp.asarray(stop_tokens, jnp.int32)
 
@@ -132,13 +150,21 @@ def generate(
         token = jnp.where(live, token, pad_id)
         done = done | jnp.isin(token, stops)
         kv_mask = jax.lax.dynamic_update_slice(kv_mask, live.astype(jnp.int32)[:, None], (0, p + t))
-        hidden, cache = model(token[:, None], pos[:, None], kv_mask, cache, p + t)
+        slots = cache.k[0].shape[2]  # this segment's cache length
+        hidden, cache = model(token[:, None], pos[:, None], kv_mask[:, :slots], cache, p + t)
         new_logits = model.next_token_logits(hidden[:, 0])
         return (new_logits, cache, kv_mask, pos + 1, done), (token, jnp.where(live, logprob, 0.0), live)
 
-    start_pos = positions[:, -1] + 1
-    init = (logits, cache, kv_mask, start_pos, jnp.zeros((b,), bool))
-    _, (tokens, logprobs, live) = jax.lax.scan(step, init, (jnp.arange(n), jax.random.split(key, n)))
+    carry = (logits, cache, kv_mask, positions[:, -1] + 1, jnp.zeros((b,), bool))
+    keys, outputs = jax.random.split(key, n), []
+    for start, end in segments:
+        if start > 0:  # extend the cache with zero slots up to this segment's last step
+            logits, cache, *rest = carry
+            cache = jax.tree.map(lambda x, k=end - start: jnp.pad(x, ((0, 0), (0, 0), (0, k), (0, 0))), cache)
+            carry = (logits, cache, *rest)
+        carry, out = jax.lax.scan(step, carry, (jnp.arange(start, end), keys[start:end]))
+        outputs.append(out)
+    tokens, logprobs, live = (jnp.concatenate(x, axis=0) for x in zip(*outputs, strict=True))  # each (N, B)
     return SampleOutput(tokens.T, logprobs.T, live.T.astype(jnp.int32))
 
 

@@ -1,5 +1,7 @@
 """The KV-cache sampler against recomputing the full forward pass, and its sampling options."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,10 @@ from flax import nnx
 
 from oversight.models import ModelConfig, Transformer, positions_from_mask
 from oversight.sampling import Sampler, SamplingConfig, left_pad
+
+G = importlib.import_module(
+    "oversight.sampling.generate"
+)  # the module (the package exports a function of that name)
 
 FAMILIES = {
     "gpt2": ModelConfig(family="gpt2", vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64),
@@ -52,8 +58,15 @@ def _full_forward_logprobs(model, seq, temperature=1.0):
     return _full_forward(model, jnp.asarray(tokens), jnp.asarray(mask), temperature)[0, : len(seq)]
 
 
+@pytest.fixture
+def short_segments(monkeypatch):
+    """Decode in segments of 4 steps, so that a 12-step test crosses two segment boundaries."""
+    monkeypatch.setattr(G, "_MIN_SEGMENT_STEPS", 4)
+    assert G.decode_segments(12) == [(0, 4), (4, 8), (8, 12)]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_greedy_kv_cache_decoding_equals_full_recompute(family):
+def test_greedy_kv_cache_decoding_equals_full_recompute(family, short_segments):
     model = _model(FAMILIES[family])
     n = 12
     out = Sampler(
@@ -71,7 +84,7 @@ def test_greedy_kv_cache_decoding_equals_full_recompute(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_sampled_logprobs_equal_fresh_forward_pass(family):
+def test_sampled_logprobs_equal_fresh_forward_pass(family, short_segments):
     model = _model(FAMILIES[family])
     temperature = 0.7
     out = Sampler(
@@ -82,6 +95,32 @@ def test_sampled_logprobs_equal_fresh_forward_pass(family):
         logp = _full_forward_logprobs(model, prompt + gen, temperature)
         expected = [float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(gen)]
         np.testing.assert_allclose(np.asarray(out.logprobs[i]), expected, atol=1e-5)
+
+
+def test_decode_segments_cover_the_loop_in_at_most_four_growing_pieces():
+    assert G.decode_segments(12) == [(0, 12)]  # short loops: one segment
+    assert G.decode_segments(64) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    for n in (1, 16, 17, 33, 100, 255, 1000):
+        segments = G.decode_segments(n)
+        assert segments[0][0] == 0 and segments[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(segments[:-1], segments[1:], strict=True))  # contiguous
+        assert len(segments) <= 4 and all(end > start for start, end in segments)
+        assert all(end - start >= 16 for start, end in segments[:-1])
+
+
+def test_segmented_decoding_samples_what_one_segment_samples(monkeypatch):
+    """The segments only shorten the cache each step reads: same key, same tokens, same log-probs, also
+    across a stop token."""
+    model = _model(FAMILIES["llama"])
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0)
+    one = Sampler(model, cfg, stop_tokens=(7,), pad_id=0).sample(PROMPTS, jax.random.key(5))
+    monkeypatch.setattr(G, "_MIN_SEGMENT_STEPS", 3)
+    assert len(G.decode_segments(12)) == 4
+    split = Sampler(model, cfg, stop_tokens=(7,), pad_id=0).sample(PROMPTS, jax.random.key(5))
+    np.testing.assert_array_equal(one.tokens, split.tokens)
+    np.testing.assert_array_equal(one.mask, split.mask)
+    np.testing.assert_allclose(one.logprobs, split.logprobs, atol=1e-5)
+    assert int(one.mask.sum()) < one.mask.size, "no row stopped: the stop path is untested"
 
 
 def test_left_padding_does_not_change_a_rows_output():
