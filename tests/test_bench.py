@@ -1,7 +1,6 @@
 """The benchmark suite's smoke mode runs every workload and reports every field, so the suite never rots; its
 recompilation check catches a program compiled after warm-up."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,14 +16,6 @@ WORKLOADS = {
     "W3_ppo_iteration": "seconds_per_iteration",
     "W4_sft_step": "tokens_per_s",
 }
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parity
@@ -44,6 +35,10 @@ def test_benchmark_smoke_reports_every_workload_for_both_frameworks_and_their_ra
     machine = records[0]
     assert machine["matmul_gflops"]["peak"] > 0 and machine["malloc"]["MALLOC_MMAP_MAX_"] == "0"
     assert machine["workloads"] == ["W1", "W2", "W3", "W4"]
+    # The matmul peak is measured again before each workload (the machine's speed drifts).
+    peaks = [(r["peak_before"], r["model"]) for r in records if "peak_before" in r]
+    assert peaks == [(w, "smoke") for w in ("W1", "W2", "W3", "W4")]
+    assert all(r["matmul_gflops"]["peak"] > 0 for r in records if "peak_before" in r)
     if sys.platform == "linux":  # the CPU is named, with its widest vector extension
         assert machine["cpu"].endswith(("avx512f)", "avx2)", "avx)", "none)")) and "family" in machine["cpu"]
     for workload, figure in WORKLOADS.items():
@@ -96,19 +91,19 @@ class _Jitted:
 
 
 @pytest.mark.parametrize("report_cache", [True, False])
-def test_recompile_after_warmup_is_caught(report_cache):
-    bench = load_bench()
+def test_recompile_after_warmup_is_caught(report_cache, bench_script):
+    bench = bench_script("run")
     with pytest.raises(RuntimeError, match="recompiled after warm-up"):
         bench.time_alternating([_Jitted(report_cache)], reps=2, warmup=1)
 
 
-def test_recompile_inside_a_worker_is_caught():
+def test_recompile_inside_a_worker_is_caught(bench_script):
     """Each implementation runs in its own worker (`Isolated`): its compilations are counted there and reported
     over the pipe. Here the worker side runs in a thread on one end of a pipe, the client on the other."""
     import multiprocessing
     import threading
 
-    bench = load_bench()
+    bench = bench_script("run")
     bench._Jitted = _Jitted  # the worker looks its implementation class up by name
     ours, theirs = multiprocessing.Pipe()
     server = threading.Thread(target=bench._serve, args=(theirs, "_Jitted", (False,)), daemon=True)
@@ -125,8 +120,8 @@ def test_recompile_inside_a_worker_is_caught():
     assert not server.is_alive()
 
 
-def test_steady_loop_passes_the_recompile_check():
-    bench = load_bench()
+def test_steady_loop_passes_the_recompile_check(bench_script):
+    bench = bench_script("run")
 
     class Steady(_Jitted):
         def run(self) -> None:
@@ -136,15 +131,15 @@ def test_steady_loop_passes_the_recompile_check():
     assert len(times["oversight"]) == 2
 
 
-def test_workload_selector():
-    bench = load_bench()
+def test_workload_selector(bench_script):
+    bench = bench_script("run")
     assert bench.parse_workloads("w3,W1") == ["W1", "W3"]
     with pytest.raises(Exception, match="unknown workload"):
         bench.parse_workloads("W1,W9")
 
 
 @pytest.mark.parity
-def test_both_sides_compute_the_same_reward_model_loss(tmp_path):
+def test_both_sides_compute_the_same_reward_model_loss(tmp_path, bench_script):
     """W1 is a like-for-like comparison: with the PyTorch side's weights loaded into oversight, the
     framework's `reward_model_loss` on the same rankings equals the PyTorch reference loss."""
     torch = pytest.importorskip("torch")
@@ -154,7 +149,7 @@ def test_both_sides_compute_the_same_reward_model_loss(tmp_path):
     from oversight.models.hf_import import load_hf_checkpoint
     from oversight.training.reward_model import reward_model_loss
 
-    bench = load_bench()
+    bench = bench_script("run")
     s = bench.SMOKE_SHAPES
     ref = bench.TorchRewardModel(bench.MODELS["smoke"], s)
     with torch.no_grad():

@@ -1,7 +1,6 @@
 """The scaling report (bench/scaling.py): the sharded steps agree with the 1-device step on a reduced set of
 layouts, the comparison catches a disagreement, and the experiments mode runs the command a user would."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,14 +10,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_scaling():
-    spec = importlib.util.spec_from_file_location("bench_scaling", REPO / "bench" / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _records(stdout: str) -> list[dict]:
@@ -37,8 +28,8 @@ def _scaling(*args) -> tuple[list[dict], subprocess.CompletedProcess]:
     return _records(proc.stdout), proc
 
 
-def test_every_layout_of_each_device_count_and_the_reference_first():
-    scaling = load_scaling()
+def test_every_layout_of_each_device_count_and_the_reference_first(bench_script):
+    scaling = bench_script("scaling")
     assert set(scaling.layouts(4)) == {(4, 1, 1), (1, 4, 1), (1, 1, 4), (2, 2, 1), (2, 1, 2), (1, 2, 2)}
     assert len(scaling.layouts(8)) == 10 and all(np.prod(x) == 8 for x in scaling.layouts(8))
     assert scaling.layouts(1) == [(1, 1, 1)]
@@ -54,8 +45,8 @@ def test_every_layout_of_each_device_count_and_the_reference_first():
         scaling.parse_layouts("2x2")
 
 
-def test_comparison_reports_the_largest_difference_per_part():
-    scaling = load_scaling()
+def test_comparison_reports_the_largest_difference_per_part(bench_script):
+    scaling = bench_script("scaling")
     reference = {
         "__loss__": np.float64(2.0),
         "[0]['w'].value": np.zeros((3, 4), np.float32),
@@ -72,8 +63,8 @@ def test_comparison_reports_the_largest_difference_per_part():
         scaling.compare(2.0, state, reference)
 
 
-def test_disagreement_recompilation_and_missing_layouts_are_failures():
-    scaling = load_scaling()
+def test_disagreement_recompilation_and_missing_layouts_are_failures(bench_script):
+    scaling = bench_script("scaling")
     plan = {1: [(1, 1, 1)], 2: [(2, 1, 1)]}
     base = {"loss_abs_err": 0.0, "params_max_abs_err": 0.0, "opt_state_max_abs_err": 0.0, "agree": True}
     records = [
@@ -120,8 +111,8 @@ def test_sharded_sft_and_ppo_steps_agree_with_one_device():
     assert "| 8 | 2 × 2 × 2 |" in proc.stderr
 
 
-def test_experiments_mode_builds_the_users_command(tmp_path):
-    scaling = load_scaling()
+def test_experiments_mode_builds_the_users_command(tmp_path, bench_script):
+    scaling = bench_script("scaling")
     from oversight.registry import available_experiments
 
     assert scaling.list_experiments() == sorted(available_experiments())
