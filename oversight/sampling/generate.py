@@ -103,9 +103,9 @@ _MIN_SEGMENT_STEPS = 16
 
 
 def decode_segments(n: int) -> list[tuple[int, int]]:
-    """The decoding steps [start, end) of each segment of an n-step loop: (0, n) when n is short."""
+    """The decoding steps [start, end) of each segment of an n-step loop: (0, n) when n is short (also n = 0)."""
     size = max(_MIN_SEGMENT_STEPS, -(-n // _MAX_SEGMENTS))
-    return [(t, min(t + size, n)) for t in range(0, n, size)]
+    return [(t, min(t + size, n)) for t in range(0, max(n, 1), size)]
 
 
 def generate(

@@ -99,6 +99,7 @@ def test_sampled_logprobs_equal_fresh_forward_pass(family, short_segments):
 
 def test_decode_segments_cover_the_loop_in_at_most_four_growing_pieces():
     assert G.decode_segments(12) == [(0, 12)]  # short loops: one segment
+    assert G.decode_segments(0) == [(0, 0)]
     assert G.decode_segments(64) == [(0, 16), (16, 32), (32, 48), (48, 64)]
     for n in (1, 16, 17, 33, 100, 255, 1000):
         segments = G.decode_segments(n)
