@@ -478,7 +478,7 @@ def w1_reward_model(model: str, s: Shapes, reps: int, warmup: int, peak: float) 
 
 
 class OversightSampling:
-    """W2 with oversight: `Sampler` (one jitted lax.scan over decode steps with the KV cache)."""
+    """W2 with oversight: `Sampler` (one jitted program: lax.scans over the decode steps with the KV cache)."""
 
     name = "oversight"
 
