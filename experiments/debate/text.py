@@ -88,6 +88,7 @@ from oversight.models import ModelConfig, build_model_config
 from oversight.registry import Experiment, RunContext
 from oversight.stats import proportion_row, wilson_interval
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
+from oversight.training.sft import epoch_batches
 
 # Fixed widths (3-letter names, 4-letter cities, 8-character relations): every fact sentence and question
 # has one layout, so a small character-level judge can compare them position by position.
@@ -532,21 +533,6 @@ def judge_training_views(questions, opts, schedules, budget, seed, agent=None, b
     return views, np.array(labels, np.int32)
 
 
-class _Cycler:
-    """Indices of a data set of `n` rows, `k` at a time, in permutations renewed when one runs out."""
-
-    def __init__(self, n: int, rng: np.random.Generator):
-        self.n, self.rng = n, rng
-        self.order, self.pos = rng.permutation(n), 0
-
-    def take(self, k: int) -> np.ndarray:
-        if self.pos + k > self.n:
-            self.order, self.pos = self.rng.permutation(self.n), 0
-        idx = self.order[self.pos : self.pos + k]
-        self.pos += k
-        return idx
-
-
 def fresh_optimizer(state):
     """A (model, optimizer) train state with the model copied and the optimizer as newly initialised (AdamW's
     moments, step count and learning-rate schedule all start at zero): a new training stage from the current
@@ -580,23 +566,19 @@ class JudgeTrainer:
     def fit(self, parts, steps: int, seed: int, log, prefix: str = "judge") -> LearnedJudge:
         """`steps` optimizer steps; each batch takes round(fraction x judge_batch) rows from each part of
         `parts`, [(data, fraction)] (the last part fills the batch). Returns the judge as trained so far."""
-        rng = np.random.default_rng(seed)
         counts = [round(f * self.batch) for _, f in parts[:-1]]
         counts.append(self.batch - sum(counts))
-        cyclers = []
-        for (data, _), k in zip(parts, counts, strict=True):
+        batch_fns = []  # each part in its own permutations, k rows a batch
+        for i, ((data, _), k) in enumerate(zip(parts, counts, strict=True)):
             n = len(data["label"])
             if k > n:
                 raise ValueError(
                     f"experiment.judge_batch={self.batch}: {k} rows per batch from {n} transcripts"
                 )
-            cyclers.append(_Cycler(n, rng))
+            if k:
+                batch_fns.append(epoch_batches(data, k, seed + i))
         for step in range(steps):
-            pieces = []
-            for (data, _), cycler, k in zip(parts, cyclers, counts, strict=True):
-                if k:
-                    idx = cycler.take(k)
-                    pieces.append({key: v[idx] for key, v in data.items()})
+            pieces = [batch_fn(step) for batch_fn in batch_fns]
             batch = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
             self.state, metrics = self.step_fn(self.state, batch)
             if (step + 1) % 50 == 0 or step + 1 == steps:

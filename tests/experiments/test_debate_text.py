@@ -312,6 +312,29 @@ def test_judge_retraining_questions_are_never_held_out_ones():
                 assert e.verified == P.verify_quote(e.content, q.source)
 
 
+def test_judge_batches_mix_the_parts_in_their_fractions_each_part_in_its_own_permutations():
+    """JudgeTrainer.fit: every batch takes round(fraction x batch) rows from each part; a part's rows come
+    in permutations (each row once per epoch); a part too small for its share is a clear error."""
+    trainer = object.__new__(T.JudgeTrainer)  # only the batching: no model, a step that records the batch
+    trainer.batch, trainer.state, batches = 4, None, []
+
+    def step(state, batch):
+        batches.append(batch["label"][:, 0].copy())
+        return state, {"loss": 0.0}
+
+    trainer.step_fn, trainer.judge = step, lambda: "judge"
+    small = {"label": np.arange(6)[:, None], "x": np.zeros((6, 3))}
+    large = {"label": 100 + np.arange(10)[:, None], "x": np.zeros((10, 3))}
+    assert trainer.fit([(small, 0.25), (large, 0.75)], 6, seed=0, log=lambda *a: None) == "judge"
+    assert len(batches) == 6 and all(len(b) == 4 and (b < 100).sum() == 1 for b in batches)
+    assert sorted(int(r) for b in batches for r in b if r < 100) == list(range(6))  # one epoch of `small`
+    first_epoch = [int(r) for b in batches[:3] for r in b if r >= 100]  # 3 batches x 3 rows of 10
+    assert len(set(first_epoch)) == 9
+    trainer.batch = 8
+    with pytest.raises(ValueError, match="judge_batch=8: 8 rows per batch from 6 transcripts"):
+        trainer.fit([(small, 1.0)], 1, seed=0, log=lambda *a: None)
+
+
 def test_the_retraining_stage_trains_only_on_training_questions_and_is_measured_on_held_out_ones(
     tmp_path, monkeypatch
 ):
