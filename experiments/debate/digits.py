@@ -481,8 +481,7 @@ def _play_batch(pgraph, pstate, jgraph, jstate, x, claims, movers, answer0, key,
         ents.append(jnp.where(by_policy, ent, 0.0))
         mask = jnp.maximum(mask, jax.nn.one_hot(pick, N_PIXELS, dtype=x.dtype))
     logits = _apply(jgraph, jstate, x, mask)  # (B, 10)
-    pick = lambda c: jnp.take_along_axis(logits, c[:, None], axis=-1)[:, 0]  # noqa: E731
-    p_honest = jax.nn.sigmoid(pick(claims[:, 0]) - pick(claims[:, 1]))
+    p_honest = jax.nn.sigmoid(_pair_logodds(logits[:, None], claims[:, 0], claims[:, 1])[:, 0])  # (B,)
     return mask, jnp.stack(logps, 1), jnp.stack(ents, 1), p_honest
 
 
@@ -746,7 +745,9 @@ def learned_stage(judge, x_train, y_train, k, opts, seed, track, summary) -> Lea
     if opts.liar_label == "confusable":
         lies = np.array([c for (c,) in liar_labels(judge, x_train, y_train, opts, rng)], np.int32)
     probe = rng.permutation(len(y_train))[:128]
-    probe_lies = lies[probe] if lies is not None else (y_train[probe] + rng.integers(1, N_CLASSES, 128)) % 10
+    probe_lies = (
+        lies[probe] if lies is not None else (y_train[probe] + rng.integers(1, N_CLASSES, 128)) % N_CLASSES
+    )
     curve: dict[int, dict[str, float]] = {}
 
     def monitor(debater, done):

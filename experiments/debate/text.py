@@ -592,11 +592,6 @@ class JudgeTrainer:
                             self.slots)  # fmt: skip
 
 
-def train_judge(model_cfg, views, labels, opts, tokenizer, length, seed, mesh, rules, log) -> LearnedJudge:
-    """Supervised judge training on (transcript, truth) pairs with the framework's jitted step."""
-    return train_judge_stage(model_cfg, views, labels, opts, tokenizer, length, seed, mesh, rules, log)[0]
-
-
 def train_judge_stage(model_cfg, views, labels, opts, tokenizer, length, seed, mesh, rules, log):
     """(judge, trainer, data): the random-quoter judge, the trainer that retraining continues, its data."""
     trainer = JudgeTrainer(model_cfg, opts, tokenizer, length, seed, mesh, rules)
