@@ -121,10 +121,12 @@ def generate(
 
     Pure function of its inputs: call it under jit (see `Sampler`), never in a Python loop of its own.
 
-    Decoding is memory-bound, and every step reads the whole KV cache, so the loop runs in segments
-    (`decode_segments`), each a `lax.scan` over a cache of P + its last step's slots, zero-extended between
-    segments: P = 32, N = 64 reads 72 slots a step on average instead of 96. Each segment compiles its own
-    loop body. Tokens do not depend on the segmentation: unwritten slots are masked out either way.
+    Token t is drawn from the logits of the forward pass of token t - 1; the last token needs no forward
+    pass, so the loop forwards N - 1 tokens. Decoding is memory-bound, and every step reads the whole KV
+    cache, so those N - 1 steps run in segments (`decode_segments`), each a `lax.scan` over a cache of P + its
+    last step's slots, zero-extended between segments: P = 32, N = 64 reads 71 slots a step on average instead
+    of 96. Each segment compiles its own loop body. Tokens do not depend on the segmentation: unwritten slots
+    are masked out either way.
     """
     b, p = prompt.shape
     n = cfg.max_new_tokens
@@ -132,7 +134,7 @@ def generate(
         raise ValueError(
             f"prompt length {p} + max_new_tokens {n} exceeds the model's max_seq_len {model.config.max_seq_len}"
         )
-    segments = decode_segments(n)
+    segments = decode_segments(max(n - 1, 0))  # the steps that forward their token
     cache = KVCache.zeros(model.config, b, p + segments[0][1])
     kv_mask = jnp.concatenate(
         [prompt_mask.astype(jnp.int32), jnp.zeros((b, n), jnp.int32)], axis=1
@@ -142,18 +144,21 @@ def generate(
     logits = model.next_token_logits(hidden[:, -1])  # (B, V)
     stops = jnp.asarray(stop_tokens, jnp.int32)
 
-    def step(carry, xs):
-        logits, cache, kv_mask, pos, done = carry
-        t, step_key = xs
+    def choose(logits, done, step_key):  # -> token (B,), live (B,), done (B,), outputs of the step
         token, logprob = _sample_token(logits, step_key, cfg)
         live = ~done
         token = jnp.where(live, token, pad_id)
-        done = done | jnp.isin(token, stops)
+        return token, live, done | jnp.isin(token, stops), (token, jnp.where(live, logprob, 0.0), live)
+
+    def step(carry, xs):  # draw token t, then forward it for the logits of token t + 1
+        logits, cache, kv_mask, pos, done = carry
+        t, step_key = xs
+        token, live, done, out = choose(logits, done, step_key)
         kv_mask = jax.lax.dynamic_update_slice(kv_mask, live.astype(jnp.int32)[:, None], (0, p + t))
         slots = cache.k[0].shape[2]  # this segment's cache length
         hidden, cache = model(token[:, None], pos[:, None], kv_mask[:, :slots], cache, p + t)
         new_logits = model.next_token_logits(hidden[:, 0])
-        return (new_logits, cache, kv_mask, pos + 1, done), (token, jnp.where(live, logprob, 0.0), live)
+        return (new_logits, cache, kv_mask, pos + 1, done), out
 
     carry = (logits, cache, kv_mask, positions[:, -1] + 1, jnp.zeros((b,), bool))
     keys, outputs = jax.random.split(key, n), []
@@ -164,6 +169,9 @@ def generate(
             carry = (logits, cache, *rest)
         carry, out = jax.lax.scan(step, carry, (jnp.arange(start, end), keys[start:end]))
         outputs.append(out)
+    if n > 0:  # the last token: drawn, never forwarded
+        logits, *_, done = carry
+        outputs.append(jax.tree.map(lambda x: x[None], choose(logits, done, keys[n - 1])[3]))
     tokens, logprobs, live = (jnp.concatenate(x, axis=0) for x in zip(*outputs, strict=True))  # each (N, B)
     return SampleOutput(tokens.T, logprobs.T, live.T.astype(jnp.int32))
 

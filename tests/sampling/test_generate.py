@@ -60,9 +60,9 @@ def _full_forward_logprobs(model, seq, temperature=1.0):
 
 @pytest.fixture
 def short_segments(monkeypatch):
-    """Decode in segments of 4 steps, so that a 12-step test crosses two segment boundaries."""
+    """Decode in segments of 4 steps, so that a 12-token test (11 forwarded) crosses two segment boundaries."""
     monkeypatch.setattr(G, "_MIN_SEGMENT_STEPS", 4)
-    assert G.decode_segments(12) == [(0, 4), (4, 8), (8, 12)]
+    assert G.decode_segments(11) == [(0, 4), (4, 8), (8, 11)]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -116,12 +116,27 @@ def test_segmented_decoding_samples_what_one_segment_samples(monkeypatch):
     cfg = SamplingConfig(max_new_tokens=12, temperature=1.0)
     one = Sampler(model, cfg, stop_tokens=(7,), pad_id=0).sample(PROMPTS, jax.random.key(5))
     monkeypatch.setattr(G, "_MIN_SEGMENT_STEPS", 3)
-    assert len(G.decode_segments(12)) == 4
+    assert len(G.decode_segments(11)) == 4  # 12 tokens, 11 forwarded
     split = Sampler(model, cfg, stop_tokens=(7,), pad_id=0).sample(PROMPTS, jax.random.key(5))
     np.testing.assert_array_equal(one.tokens, split.tokens)
     np.testing.assert_array_equal(one.mask, split.mask)
     np.testing.assert_allclose(one.logprobs, split.logprobs, atol=1e-5)
     assert int(one.mask.sum()) < one.mask.size, "no row stopped: the stop path is untested"
+
+
+def test_one_token_is_drawn_from_the_prompts_logits_and_zero_tokens_give_empty_outputs():
+    """N = 1: the loop forwards nothing, the one token comes from the prefill's logits; N = 0: nothing."""
+    model = _model(FAMILIES["gpt2"])
+    one = Sampler(model, SamplingConfig(max_new_tokens=1, temperature=0.0), stop_tokens=(), pad_id=0)
+    out = one.sample(PROMPTS, jax.random.key(0))
+    assert out.tokens.shape == (len(PROMPTS), 1)
+    for i, prompt in enumerate(PROMPTS):
+        logp = _full_forward_logprobs(model, prompt)[-1]
+        assert int(out.tokens[i, 0]) == int(jnp.argmax(logp))
+        np.testing.assert_allclose(float(out.logprobs[i, 0]), float(jnp.max(logp)), atol=1e-5)
+    none = Sampler(model, SamplingConfig(max_new_tokens=0, temperature=1.0), stop_tokens=(), pad_id=0)
+    empty = none.sample(PROMPTS, jax.random.key(0))
+    assert empty.tokens.shape == empty.logprobs.shape == empty.mask.shape == (len(PROMPTS), 0)
 
 
 def test_left_padding_does_not_change_a_rows_output():
