@@ -18,6 +18,20 @@ from flax import nnx
 from oversight.models.config import ModelConfig
 
 _MASKED = -1e30  # finite, so fully masked rows (left padding) give uniform attention rather than NaN
+# Without a cache, attention runs in up to this many query blocks of at least this many rows; each block
+# attends only to the keys up to its last row (the rest are causally masked), see `causal_blocks`.
+_MAX_CAUSAL_BLOCKS = 4
+_MIN_CAUSAL_BLOCK = 64
+
+
+def causal_blocks(t: int) -> list[tuple[int, int]]:
+    """The query rows [start, end) of each causal attention block of a T-token forward pass (no cache).
+
+    Block [start, end) needs keys [0, end) only. Four blocks compute 10/16 of the full score matrix (the
+    attention core of W4 `small`, forward and backward, -28% on the 2-core CPU); rows of fewer than 64 cost
+    more in small products than they save."""
+    n = max(1, min(_MAX_CAUSAL_BLOCKS, t // _MIN_CAUSAL_BLOCK))
+    return [(t * j // n, t * (j + 1) // n) for j in range(n)]
 
 
 def _param(value: jax.Array, names: tuple[str | None, ...]) -> nnx.Param:
@@ -153,7 +167,8 @@ class Attention(nnx.Module):
         self.bo = _zeros((d,), ("embed",)) if cfg.family == "gpt2" else None
 
     def __call__(self, x, positions, mask, cache_k=None, cache_v=None, cache_index=0):
-        """x (B, T, D); positions (B, T); mask (B, T, S) bool. Returns (B, T, D) and the updated cache."""
+        """x (B, T, D); positions (B, T); mask (B, T, S) bool, causal when there is no cache. Returns (B, T, D)
+        and the updated cache."""
         # Heads-major layout (B, heads, T, E) throughout: the attention matmuls then batch over (B, K) with no
         # transposes, about 25% faster per attention layer on CPU than a (B, T, heads, E) layout.
         dtype = x.dtype
@@ -184,10 +199,24 @@ class Attention(nnx.Module):
         if grouped:
             q = q.reshape(b, n_kv, h // n_kv, t, e)
         visible = mask[:, None, None] if grouped else mask[:, None]  # broadcasts over K (and G)
-        scores = jnp.einsum(f"{qa}e,bkse->{qa}s", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
-        scores = jnp.where(visible, scores, _MASKED)  # (B, K, [G,] T, S)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum(f"{qa}s,bkse->{qa}e", probs, v).reshape(b, h, t, e)  # (B, H, T, E)
+
+        def attend(q, k, v, visible):  # q (B, K, [G,] T', E), k and v (B, K, S', E) -> (B, K, [G,] T', E)
+            scores = jnp.einsum(f"{qa}e,bkse->{qa}s", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
+            scores = jnp.where(visible, scores, _MASKED)  # (B, K, [G,] T', S')
+            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+            return jnp.einsum(f"{qa}s,bkse->{qa}e", probs, v)
+
+        if cache_k is None:  # S = T and the mask is causal (Transformer builds it so): skip masked key blocks
+            out = jnp.concatenate(
+                [
+                    attend(q[..., lo:hi, :], k[:, :, :hi], v[:, :, :hi], visible[..., lo:hi, :hi])
+                    for lo, hi in causal_blocks(t)
+                ],
+                axis=-2,
+            )
+        else:
+            out = attend(q, k, v, visible)
+        out = out.reshape(b, h, t, e)  # (B, H, T, E)
         y = jnp.einsum("bthe,hed->btd", out.transpose(0, 2, 1, 3), self.wo[...].astype(dtype))  # (B, T, D)
         if self.bo is not None:
             y = y + self.bo[...].astype(dtype)

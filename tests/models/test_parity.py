@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from oversight.models import transformer as T
 from oversight.models.hf_import import load_hf_checkpoint
 from oversight.models.transformer import positions_from_mask
 
@@ -162,6 +164,24 @@ def test_bfloat16_checkpoint(tmp_path, arch):
     err = max(max_error(ref, model, padded) for padded in (False, True))
     MEASURED[f"{arch}/bf16-checkpoint"] = err
     assert err < TOL
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_logits_parity_with_attention_in_causal_blocks(tmp_path, arch, monkeypatch):
+    """The block-skipping attention of long sequences (see `causal_blocks`), forced onto the 10-token batch:
+    3 query blocks, also across the left padding's fully masked rows."""
+    monkeypatch.setattr(T, "_MIN_CAUSAL_BLOCK", 3)
+    assert T.causal_blocks(LENGTH) == [(0, 3), (3, 6), (6, 10)]
+    jax.clear_caches()  # `_forward` was compiled with one block by the tests above
+    ref = make_reference(arch)
+    ref.save_pretrained(tmp_path)
+    model = load_hf_checkpoint(tmp_path)
+    for padded in (False, True):
+        err = max_error(ref, model, padded)
+        case = f"{arch}/causal-blocks/{'left-padded' if padded else 'full'}"
+        MEASURED[case] = err
+        assert err < TOL, f"{case}: max abs logits error {err:.3g}"
+    jax.clear_caches()
 
 
 def test_parity_is_sensitive(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from oversight.models import ModelConfig, Transformer, positions_from_mask
+from oversight.models import transformer as T
 
 CONFIGS = [
     ModelConfig(family="gpt2", vocab_size=50, d_model=32, n_layers=2, n_heads=4, scalar_heads=["reward"]),
@@ -130,3 +131,39 @@ def test_materialized_block_grads_change_no_gradient_and_survive_compilation():
     # one conditional per block boundary is left after XLA's simplification (what keeps the sum unfused)
     compiled = grad_fn.lower(model, True).compile().as_text()
     assert compiled.count("conditional(") == cfg.n_layers
+
+
+def test_causal_blocks_cover_the_rows_in_at_most_four_blocks_of_at_least_64():
+    assert T.causal_blocks(96) == [(0, 96)]  # too short to split
+    assert T.causal_blocks(128) == [(0, 64), (64, 128)]
+    assert T.causal_blocks(256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
+    for t in (1, 64, 127, 200, 1000, 4096):
+        blocks = T.causal_blocks(t)
+        assert blocks[0][0] == 0 and blocks[-1][1] == t and len(blocks) <= 4
+        assert all(a[1] == b[0] for a, b in zip(blocks[:-1], blocks[1:], strict=True))
+        assert all(end - start >= min(t, 64) for start, end in blocks)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.family)
+def test_attention_in_causal_blocks_gives_the_full_attentions_outputs_and_gradients(cfg, monkeypatch):
+    """Blocks of 3 query rows (each attending to the keys up to its last row) against one block, on a
+    left-padded batch: the same hidden states at real positions and the same parameter gradients."""
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 11)), jnp.int32)
+    mask = jnp.ones_like(tokens).at[1, :4].set(0)  # row 1 left-padded by 4
+
+    def run(model):
+        def loss(model):
+            hidden, _ = model(tokens, positions_from_mask(mask), mask)
+            real = mask[..., None].astype(hidden.dtype)
+            return jnp.sum(jnp.tanh(model.logits(hidden)) * real), hidden * real
+
+        return jax.jit(nnx.value_and_grad(loss, has_aux=True))(model)
+
+    (_, one_hidden), one_grads = run(model)
+    monkeypatch.setattr(T, "_MIN_CAUSAL_BLOCK", 3)
+    assert len(T.causal_blocks(11)) == 3
+    (_, blocked_hidden), blocked_grads = run(model)  # a new jit: traced again with the blocks
+    np.testing.assert_allclose(blocked_hidden, one_hidden, rtol=1e-5, atol=1e-5)
+    for b, o in zip(jax.tree.leaves(blocked_grads), jax.tree.leaves(one_grads), strict=True):
+        np.testing.assert_allclose(b, o, rtol=1e-4, atol=1e-6)
