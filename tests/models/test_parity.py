@@ -133,6 +133,14 @@ def max_error(ref_model, model, padded: bool) -> float:
     return float(np.abs(ours[real] - ref[real]).max())
 
 
+def assert_parity(ref_model, model, case: str) -> None:
+    """Logits within TOL of the reference on the full and the left-padded batch; records both errors."""
+    for padded in (False, True):
+        name = f"{case}/{'left-padded' if padded else 'full'}"
+        MEASURED[name] = err = max_error(ref_model, model, padded)
+        assert err < TOL, f"{name}: max abs logits error {err:.3g}"
+
+
 @pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_logits_parity(tmp_path, arch, sharded):
@@ -144,12 +152,7 @@ def test_logits_parity(tmp_path, arch, sharded):
     else:
         ref.save_pretrained(tmp_path)
         assert (tmp_path / "model.safetensors").is_file()
-    model = load_hf_checkpoint(tmp_path)
-    for padded in (False, True):
-        err = max_error(ref, model, padded)
-        case = f"{arch}/{'sharded' if sharded else 'single'}/{'left-padded' if padded else 'full'}"
-        MEASURED[case] = err
-        assert err < TOL, f"{case}: max abs logits error {err:.3g}"
+    assert_parity(ref, load_hf_checkpoint(tmp_path), f"{arch}/{'sharded' if sharded else 'single'}")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -160,10 +163,7 @@ def test_bfloat16_checkpoint(tmp_path, arch):
     with torch.no_grad():  # the reference: float32 on the bf16-rounded weights, buffers (inv_freq) intact
         for p in ref.parameters():
             p.copy_(p.bfloat16().float())
-    model = load_hf_checkpoint(tmp_path)
-    err = max(max_error(ref, model, padded) for padded in (False, True))
-    MEASURED[f"{arch}/bf16-checkpoint"] = err
-    assert err < TOL
+    assert_parity(ref, load_hf_checkpoint(tmp_path), f"{arch}/bf16-checkpoint")
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -175,12 +175,7 @@ def test_logits_parity_with_attention_in_causal_blocks(tmp_path, arch, monkeypat
     jax.clear_caches()  # `_forward` was compiled with one block by the tests above
     ref = make_reference(arch)
     ref.save_pretrained(tmp_path)
-    model = load_hf_checkpoint(tmp_path)
-    for padded in (False, True):
-        err = max_error(ref, model, padded)
-        case = f"{arch}/causal-blocks/{'left-padded' if padded else 'full'}"
-        MEASURED[case] = err
-        assert err < TOL, f"{case}: max abs logits error {err:.3g}"
+    assert_parity(ref, load_hf_checkpoint(tmp_path), f"{arch}/causal-blocks")
     jax.clear_caches()
 
 
