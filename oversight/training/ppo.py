@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from oversight.models.transformer import Transformer, positions_from_mask
 from oversight.parallel import batch_sharding
 from oversight.training.reward_model import reward_scores
-from oversight.training.sft import sft_loss
+from oversight.training.sft import sft_loss, target_logprobs
 
 
 @dataclass(frozen=True)
@@ -178,13 +178,11 @@ def response_outputs(
     policy, critic = actor_and_critic(model)
     h = _response_hidden(policy, prompt, prompt_mask, response, response_mask)  # (B, N, D)
     logits = policy.logits(h) / jnp.float32(temperature)  # (B, N, V) float32
-    logz = jax.nn.logsumexp(logits, axis=-1)  # (B, N)
-    # The target's logit by a one-hot product rather than a gather (see sft.token_logprobs).
-    one_hot = jax.nn.one_hot(response, logits.shape[-1], dtype=logits.dtype)
     m = response_mask.astype(jnp.float32)
-    logp = (jnp.sum(logits * one_hot, axis=-1) - logz) * m  # (B, N)
+    logp = target_logprobs(logits, response) * m  # (B, N)
     entropy = None
     if with_entropy:
+        logz = jax.nn.logsumexp(logits, axis=-1)  # (B, N)
         entropy = (logz - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)) * m  # (B, N)
     values = None
     if value_head is not None:
