@@ -10,8 +10,11 @@ Workloads (DESIGN.md §7), each with oversight and with PyTorch (transformers GP
   W2 sampling: batch 16, 32-token prompts, exactly 64 new tokens, temperature 1, KV cache. generated tokens/s.
   W3 one PPO iteration: 16 prompts x 32 tokens, 64 sampled tokens, reward-model score, per-token KL (β 0.02)
      to a frozen reference, GAE, 4 epochs of minibatch 8, clipped policy and value losses. s/iteration.
-  W4 SFT step: batch 16 x 256 tokens. tokens/s and model FLOP/s as a fraction of the matmul peak
-     (a 2048² matmul's fastest repetition, measured again just before each workload).
+  W4 SFT step: batch 16 x 256 tokens. tokens/s.
+W1, W3 and W4 also report model FLOP/s as a fraction of the machine's matmul peak (a 2048² matmul's fastest of
+3 repetitions, measured again before every round of repetitions; the fraction is the median over repetitions
+of each one's FLOP/s over the peak measured just before it: this VM's speed drifts by tens of percent within
+minutes, so a fraction is only meaningful against a peak taken next to it).
 
 Prints one JSON line per (workload, model, framework) with the median of the timed repetitions and the work
 the repetition did (shapes, tokens, optimizer steps: equal on both sides), and one line per (workload, model)
@@ -27,6 +30,7 @@ of JAX backend compilations are checked around the timed repetitions.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -110,8 +114,9 @@ def _count_compiles() -> None:
     _count_compiles.registered = True
 
 
-def time_alternating(impls: list, reps: int, warmup: int) -> dict[str, list[float]]:
-    """Warm every implementation up, then time them in turn, rep by rep; raise if anything compiled since."""
+def time_alternating(impls: list, reps: int, warmup: int, before_round=None) -> dict[str, list[float]]:
+    """Warm every implementation up, then time them in turn, rep by rep; raise if anything compiled since.
+    `before_round()`, if given, runs before each round of repetitions (untimed)."""
     _count_compiles()
     for impl in impls:
         for _ in range(warmup):
@@ -120,6 +125,8 @@ def time_alternating(impls: list, reps: int, warmup: int) -> dict[str, list[floa
     compiles_before = _COMPILES[0]
     times: dict[str, list[float]] = {impl.name: [] for impl in impls}
     for _ in range(reps):
+        if before_round is not None:
+            before_round()
         for impl in impls:
             start = time.perf_counter()
             impl.run()
@@ -209,25 +216,49 @@ def _serve(conn, cls_name: str, args: tuple) -> None:
 
 
 def compare(
-    workload: str, model: str, specs: list[tuple], reps: int, warmup: int, figure: str, amount, **extra
+    workload: str,
+    model: str,
+    specs: list[tuple],
+    reps: int,
+    warmup: int,
+    figure: str,
+    amount,
+    flop=None,
+    **extra,
 ):
-    """Build each (class, *args) in its own worker (`Isolated`), time them alternately, report; stop the workers."""
-    impls = []
+    """Build each (class, *args) in its own worker (`Isolated`), time them alternately, report; stop the workers.
+
+    `flop(impl)`: model FLOPs of one repetition; then the matmul peak is measured before every round too."""
+    impls, peaks = [], []
     try:
         for cls, *args in specs:
             impls.append(Isolated(cls, *args))
-        times = time_alternating(impls, reps, warmup)
-        report(workload, model, impls, times, figure, amount, **extra)
+        measure_peak = (lambda: peaks.append(matmul_peak(3)["peak"] * 1e9)) if flop else None
+        times = time_alternating(impls, reps, warmup, measure_peak)
+        report(workload, model, impls, times, figure, amount, flop, peaks, **extra)
     finally:
         for impl in impls:
             impl.close()
 
 
-def report(workload: str, model: str, impls: list, times: dict, figure: str, amount: float | None, **extra):
+def report(
+    workload: str,
+    model: str,
+    impls: list,
+    times: dict,
+    figure: str,
+    amount: float | None,
+    flop=None,
+    peaks: list[float] = (),
+    **extra,
+):
     """One JSON line per framework and the ratio line. figure = amount / seconds (or seconds if amount is None).
 
-    `extra[key](impl, seconds)` adds per-framework fields. The ratio is PyTorch seconds / oversight seconds
-    against the fastest PyTorch variant (several are timed where the best configuration is not obvious).
+    `extra[key](impl, seconds)` adds per-framework fields. With `flop(impl)` (model FLOPs of one repetition)
+    and `peaks` (FLOP/s, the matmul peak measured before each round): model FLOP/s at the median time, and the
+    fraction of peak as the median over repetitions of flop / seconds / the peak before it. The ratio is
+    PyTorch seconds / oversight seconds against the fastest PyTorch variant (several are timed where the best
+    configuration is not obvious).
     """
     medians = {impl.name: statistics.median(times[impl.name]) for impl in impls}
     for impl in impls:
@@ -241,6 +272,10 @@ def report(workload: str, model: str, impls: list, times: dict, figure: str, amo
             figure: s if amount is None else amount / s,
             "work": impl.work(),
         }
+        if flop is not None:
+            record["model_flops_per_s"] = flop(impl) / s
+            per_rep = [flop(impl) / t / p for t, p in zip(times[impl.name], peaks, strict=True)]
+            record["fraction_of_peak"] = statistics.median(per_rep)
         record.update({key: fn(impl, s) for key, fn in extra.items()})
         emit(record)
     reference = min((n for n in medians if n.startswith("pytorch")), key=medians.get)
@@ -251,6 +286,7 @@ def report(workload: str, model: str, impls: list, times: dict, figure: str, amo
             "figure": figure,
             "reference": reference,
             "ratio_oversight_over_pytorch": medians[reference] / medians["oversight"],
+            **({"matmul_peak_gflops_by_round": [p / 1e9 for p in peaks]} if flop is not None else {}),
         }
     )
 
@@ -258,21 +294,28 @@ def report(workload: str, model: str, impls: list, times: dict, figure: str, amo
 # --- shared helpers ------------------------------------------------------------------------------------------
 
 
-def matmul_peak(reps: int) -> dict:
-    """fp32 GFLOP/s of a 2048² matmul on 2 threads, by JAX and by PyTorch, each its fastest repetition (a peak);
-    the machine's peak is the larger. The two alternate, as the workloads' frameworks do."""
+@functools.cache
+def _matmul_operands(n: int = 2048):
+    """The peak's jitted JAX matmul and its operands, JAX and PyTorch, built and run once (no recompiles)."""
     import jax
     import jax.numpy as jnp
     import torch
 
-    n = 2048
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     t = torch.ones(n, n)
     t @ t
+    return f, a, t
+
+
+def matmul_peak(reps: int) -> dict:
+    """fp32 GFLOP/s of a 2048² matmul on 2 threads, by JAX and by PyTorch, each its fastest of `reps`
+    repetitions (a peak); the machine's peak is the larger. The two alternate, as the workloads' frameworks do."""
+    f, a, t = _matmul_operands()
+    n = a.shape[0]
     jax_s, torch_s = [], []
-    for _ in range(max(reps, 5)):
+    for _ in range(reps):
         s = time.perf_counter()
         f(a).block_until_ready()
         jax_s.append(time.perf_counter() - s)
@@ -457,7 +500,7 @@ class TorchRewardModel:
         }
 
 
-def w1_reward_model(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
+def w1_reward_model(model: str, s: Shapes, reps: int, warmup: int) -> None:
     dims = MODELS[model]
     comparisons = s.rm_prompts * s.rm_k * (s.rm_k - 1) // 2
     flop = 6 * trunk_params(dims) * s.rm_prompts * s.rm_k * s.rm_len  # no LM head in a reward model
@@ -470,7 +513,7 @@ def w1_reward_model(model: str, s: Shapes, reps: int, warmup: int, peak: float) 
         warmup,
         "comparisons_per_s",
         comparisons,
-        fraction_of_peak=lambda impl, sec: flop / sec / peak,
+        flop=lambda impl: flop,
     )
 
 
@@ -565,7 +608,7 @@ class TorchSampleLoop(TorchGenerate):
         self.shape = list(tokens.shape)
 
 
-def w2_sampling(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
+def w2_sampling(model: str, s: Shapes, reps: int, warmup: int) -> None:
     dims = MODELS[model]
     specs = [(OversightSampling, dims, s), (TorchGenerate, dims, s), (TorchSampleLoop, dims, s)]
     compare("W2_sampling", model, specs, reps, warmup, "tokens_per_s", s.gen_batch * s.gen_new)
@@ -779,7 +822,7 @@ class TorchPPO:
         }
 
 
-def w3_ppo(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
+def w3_ppo(model: str, s: Shapes, reps: int, warmup: int) -> None:
     dims = MODELS[model]
     flop = ppo_flop(dims, s)
     specs = [(OversightPPO, dims, s), (TorchPPO, dims, s)]
@@ -791,7 +834,7 @@ def w3_ppo(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
         warmup,
         "seconds_per_iteration",
         None,
-        fraction_of_peak=lambda impl, sec: flop / sec / peak,
+        flop=lambda impl: flop,
     )
 
 
@@ -874,13 +917,9 @@ class TorchSFT:
         return {"batch_x_tokens": list(self.tokens.shape), "optimizer_steps": self.steps / self.runs}
 
 
-def w4_sft(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
+def w4_sft(model: str, s: Shapes, reps: int, warmup: int) -> None:
     dims = MODELS[model]
     batch, length = s.sft_batch, s.sft_len
-
-    def flops(impl, sec):
-        return 6 * impl.num_params() * batch * length / sec
-
     specs = [(OversightSFT, dims, batch, length), (TorchSFT, dims, batch, length)]
     compare(
         "W4_sft_step",
@@ -890,9 +929,8 @@ def w4_sft(model: str, s: Shapes, reps: int, warmup: int, peak: float) -> None:
         warmup,
         "tokens_per_s",
         batch * length,
+        flop=lambda impl: 6 * impl.num_params() * batch * length,
         params=lambda impl, sec: impl.num_params(),
-        model_flops_per_s=flops,
-        fraction_of_peak=lambda impl, sec: flops(impl, sec) / peak,
     )
 
 
@@ -949,7 +987,7 @@ def main() -> None:
     models, reps, warmup, shapes = args.models, args.reps, args.warmup, Shapes()
     if args.smoke:
         models, reps, warmup, shapes = ["smoke"], 1, 1, SMOKE_SHAPES
-    peak = matmul_peak(reps)
+    peak = matmul_peak(max(reps, 5))
     emit(
         {
             "machine": platform.processor() or platform.machine(),
@@ -967,11 +1005,7 @@ def main() -> None:
     )
     for workload in args.workloads:
         for model in models:
-            # The machine's speed drifts within minutes (this VM's peak has moved 211-393 GFLOP/s in a day), so
-            # each workload's fraction of peak is of the peak measured just before it.
-            peak = matmul_peak(reps)
-            emit({"peak_before": workload, "model": model, "matmul_gflops": peak})
-            RUNNERS[workload](model, shapes, reps, warmup, peak["peak"] * 1e9)
+            RUNNERS[workload](model, shapes, reps, warmup)
     emit({"loadavg_at_end": os.getloadavg()})
 
 
