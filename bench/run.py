@@ -249,7 +249,7 @@ def report(
     figure: str,
     amount: float | None,
     flop=None,
-    peaks: list[float] = (),
+    peaks: tuple[float, ...] | list[float] = (),
     **extra,
 ):
     """One JSON line per framework and the ratio line. figure = amount / seconds (or seconds if amount is None).
@@ -273,8 +273,9 @@ def report(
             "work": impl.work(),
         }
         if flop is not None:
-            record["model_flops_per_s"] = flop(impl) / s
-            per_rep = [flop(impl) / t / p for t, p in zip(times[impl.name], peaks, strict=True)]
+            work = flop(impl)  # model FLOPs of one repetition (may ask the worker: once)
+            record["model_flops_per_s"] = work / s
+            per_rep = [work / t / p for t, p in zip(times[impl.name], peaks, strict=True)]
             record["fraction_of_peak"] = statistics.median(per_rep)
         record.update({key: fn(impl, s) for key, fn in extra.items()})
         emit(record)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oversight.models.transformer import KVCache, Transformer, positions_from_mask
+from oversight.models.transformer import KVCache, Transformer, positions_from_mask, target_logprobs
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def _sample_token(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tup
     else:
         scaled = logits / cfg.temperature
         token = _draw(_filter_logits(scaled, cfg.top_k, cfg.top_p), key)
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
+    logprob = target_logprobs(scaled, token)  # (B,)
     return token.astype(jnp.int32), logprob
 
 

@@ -33,10 +33,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from oversight.models.transformer import Transformer, positions_from_mask
+from oversight.models.transformer import Transformer, positions_from_mask, target_logprobs
 from oversight.parallel import batch_sharding
 from oversight.training.reward_model import reward_scores
-from oversight.training.sft import sft_loss, target_logprobs
+from oversight.training.sft import sft_loss
 
 
 @dataclass(frozen=True)

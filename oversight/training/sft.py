@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oversight.models.transformer import Transformer, positions_from_mask
+from oversight.models.transformer import Transformer, positions_from_mask, target_logprobs
 
 
 def token_logprobs(model: Transformer, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -18,33 +18,6 @@ def token_logprobs(model: Transformer, tokens: jax.Array, mask: jax.Array) -> ja
 def next_token_logprobs(model: Transformer, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
     """`token_logprobs` from the trunk's hidden states (B, T, D) already computed (one forward for two uses)."""
     return target_logprobs(model.logits(hidden[:, :-1]), tokens[:, 1:])  # (B, T-1)
-
-
-@jax.custom_vjp
-def target_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log softmax(logits)[target]: logits (..., V) float32, integer targets (...) -> (...).
-
-    The value autodiff would give, with a hand-written gradient g (one_hot(target) - softmax(logits)): one
-    elementwise pass over the logits. Left to autodiff, the target's logit needs a one-hot product (a
-    gather's gradient is a scatter, ~15% of an SFT step on CPU), and XLA on CPU materialises that product and
-    the exponentials for its library reductions: three more (..., V)-sized passes."""
-    return _target_logprobs_fwd(logits, targets)[0]
-
-
-def _target_logprobs_fwd(logits, targets):
-    logz = jax.nn.logsumexp(logits, axis=-1)  # (...)
-    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # (...)
-    return target - logz, (logits, logz, targets)
-
-
-def _target_logprobs_bwd(residuals, g):  # g (...)
-    logits, logz, targets = residuals
-    one_hot = targets[..., None] == jnp.arange(logits.shape[-1])  # (..., V)
-    softmax = jnp.exp(logits - logz[..., None])
-    return g[..., None] * (one_hot.astype(logits.dtype) - softmax), None
-
-
-target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
 
 
 def sft_loss(model: Transformer, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -167,3 +167,23 @@ def test_attention_in_causal_blocks_gives_the_full_attentions_outputs_and_gradie
     np.testing.assert_allclose(blocked_hidden, one_hidden, rtol=1e-5, atol=1e-5)
     for b, o in zip(jax.tree.leaves(blocked_grads), jax.tree.leaves(one_grads), strict=True):
         np.testing.assert_allclose(b, o, rtol=1e-4, atol=1e-6)
+
+
+def test_target_logprobs_value_and_gradient_match_autodiff_of_log_softmax():
+    # The hand-written VJP against autodiff of a different formulation (log_softmax, then a gather), with a
+    # cotangent that differs per position, as a masked and weighted loss gives it.
+    logits = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, 11))  # (B, T, V)
+    targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+    weights = jax.random.uniform(jax.random.key(2), (2, 5))
+
+    def reference(logits):
+        return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
+
+    np.testing.assert_allclose(T.target_logprobs(logits, targets), reference(logits), rtol=1e-6, atol=1e-6)
+    grad = jax.jit(jax.grad(lambda x: (T.target_logprobs(x, targets) * weights).sum()))(logits)
+    expected = jax.grad(lambda x: (reference(x) * weights).sum())(logits)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
+    # Each row's gradient sums to 0 (a softmax), and is w (1 - p) at the target.
+    np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-6)
+    at_target = jnp.take_along_axis(grad, targets[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(at_target, weights * (1 - jnp.exp(reference(logits))), rtol=1e-5, atol=1e-6)

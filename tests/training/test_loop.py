@@ -10,7 +10,7 @@ from oversight.models import ModelConfig, Transformer
 from oversight.parallel import MeshConfig, make_mesh
 from oversight.training.checkpoint import Checkpointer, abstract_like, latest_checkpoint_step
 from oversight.training.loop import NonFiniteError, TrainConfig, make_optimizer, train_loop
-from oversight.training.sft import epoch_batches, pack_examples, sft_loss, target_logprobs
+from oversight.training.sft import epoch_batches, pack_examples, sft_loss
 
 
 class ListTracker:
@@ -102,26 +102,6 @@ def test_sft_loss_counts_response_tokens_only():
         nll += [-float(logp[len(prompt) - 1 + i, tok]) for i, tok in enumerate(response)]
     np.testing.assert_allclose(float(loss), np.mean(nll), rtol=1e-6)
     assert float(aux["response_tokens"]) == 5
-
-
-def test_target_logprobs_value_and_gradient_match_autodiff_of_log_softmax():
-    # The hand-written VJP against autodiff of a different formulation (log_softmax, then a gather), with a
-    # cotangent that differs per position, as a masked and weighted loss gives it.
-    logits = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, 11))  # (B, T, V)
-    targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
-    weights = jax.random.uniform(jax.random.key(2), (2, 5))
-
-    def reference(logits):
-        return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
-
-    np.testing.assert_allclose(target_logprobs(logits, targets), reference(logits), rtol=1e-6, atol=1e-6)
-    grad = jax.jit(jax.grad(lambda x: (target_logprobs(x, targets) * weights).sum()))(logits)
-    expected = jax.grad(lambda x: (reference(x) * weights).sum())(logits)
-    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
-    # Each row's gradient sums to 0 (a softmax), and is w (1 - p) at the target.
-    np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-6)
-    at_target = jnp.take_along_axis(grad, targets[..., None], axis=-1)[..., 0]
-    np.testing.assert_allclose(at_target, weights * (1 - jnp.exp(reference(logits))), rtol=1e-5, atol=1e-6)
 
 
 def test_pack_examples_rejects_examples_longer_than_the_context():
