@@ -8,6 +8,7 @@ run would and ends bit-identical to it.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -115,6 +116,35 @@ def init_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, s
 
 LossFn = Callable[[nnx.Module, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
+# XLA on CPU hands matrix products to YNNPACK by default. A training step's products (thousands of rows) run
+# faster in oneDNN: the SFT and reward-model steps ~20% (bench W1, W4), the PPO update of `tiny` ~8%, of
+# `small` the same. Decoding's 16-row products run slower there, so only the training steps ask for it;
+# YNNPACK keeps the reductions, which XLA's own loops do slower.
+_ONEDNN_PRODUCTS = {
+    "xla_cpu_use_onednn": True,
+    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+@functools.cache
+def _onednn_takes_products() -> bool:
+    """Whether this jaxlib compiles a CPU product into oneDNN when asked (builds without oneDNN do not)."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    x = jax.ShapeDtypeStruct((64, 64), np.float32, sharding=cpu)
+    try:
+        compiled = jax.jit(lambda a, b: a @ b, compiler_options=_ONEDNN_PRODUCTS).lower(x, x).compile()
+    except Exception:  # an option this jaxlib does not know
+        return False
+    return "__onednn_fusion" in compiled.as_text()
+
+
+def training_compiler_options(mesh) -> dict[str, Any] | None:
+    """XLA options for a training step's jit on `mesh`: oneDNN products on CPU where available, else none."""
+    if mesh.devices.flat[0].platform != "cpu" or not _onednn_takes_products():
+        return None
+    return dict(_ONEDNN_PRODUCTS)
+
 
 def make_train_step(graphdef, loss_fn: LossFn, state_shardings, mesh, rules):
     """One jitted optimizer step: (state, batch) -> (state, metrics). `loss_fn(model, batch) -> (loss, aux)`."""
@@ -131,6 +161,7 @@ def make_train_step(graphdef, loss_fn: LossFn, state_shardings, mesh, rules):
         in_shardings=(state_shardings, batch_sharding(mesh, rules)),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
+        compiler_options=training_compiler_options(mesh),
     )
 
 

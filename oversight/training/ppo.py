@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from oversight.models.transformer import Transformer, positions_from_mask, target_logprobs
 from oversight.parallel import batch_sharding
+from oversight.training.loop import training_compiler_options
 from oversight.training.reward_model import reward_scores
 from oversight.training.sft import sft_loss
 
@@ -500,6 +501,7 @@ def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shar
         in_shardings=(state_shardings, batch_sharding(mesh, rules), replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
+        compiler_options=training_compiler_options(mesh),
     )
 
 

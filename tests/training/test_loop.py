@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -156,3 +157,37 @@ def test_learning_rate_schedule_starts_at_full_rate_without_warmup(warmup):
         np.testing.assert_allclose(steps[-1], 0.5, rtol=1e-3)
     else:
         np.testing.assert_allclose(steps[0], 0.5, rtol=1e-3)
+
+
+def test_cpu_training_step_computes_its_products_in_onednn_and_matches_the_default_libraries(monkeypatch):
+    """On CPU the train step's products compile into oneDNN (where this jaxlib has it); the step then gives
+    the loss, gradient norm and updated parameters that the same step compiled with XLA's default libraries
+    gives, up to float32 rounding. Plain SGD at rate 1, so each parameter moves by exactly its gradient."""
+    from oversight.parallel import shard_batch
+    from oversight.training import loop
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    rules = MeshConfig().rules
+    if loop.training_compiler_options(mesh) is None:
+        pytest.skip("this jaxlib compiles no CPU products into oneDNN")
+    cfg = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_seq_len=64)
+    tokens = np.random.default_rng(0).integers(0, 128, size=(8, 64)).astype(np.int32)
+    ones = np.ones_like(tokens)
+    batch = shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh, rules)
+
+    def one_step():
+        graphdef, state, shardings = loop.init_train_state(cfg, optax.sgd(1.0), 0, mesh, rules)
+        step = loop.make_train_step(graphdef, sft_loss, shardings, mesh, rules)
+        compiled = step.lower(state, batch).compile().as_text()
+        state, metrics = step(state, batch)
+        return jax.device_get(state), jax.device_get(metrics), compiled
+
+    state, metrics, compiled = one_step()
+    monkeypatch.setattr(loop, "training_compiler_options", lambda mesh: None)
+    default_state, default_metrics, default_compiled = one_step()
+
+    assert "__onednn_fusion" in compiled and "__onednn_fusion" not in default_compiled
+    np.testing.assert_allclose(metrics["loss"], default_metrics["loss"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm"], default_metrics["grad_norm"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(default_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
