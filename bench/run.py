@@ -12,7 +12,8 @@ Workloads (DESIGN.md §7), each with oversight and with PyTorch (transformers GP
      to a frozen reference, GAE, 4 epochs of minibatch 8, clipped policy and value losses. s/iteration.
   W4 SFT step: batch 16 x 256 tokens. tokens/s.
 W1, W3 and W4 also report model FLOP/s as a fraction of the machine's matmul peak (a 2048² matmul's fastest of
-3 repetitions, measured again before every round of repetitions; the fraction is the median over repetitions
+3 repetitions in each library measured — JAX's default YNNPACK, the oneDNN its training steps use, PyTorch —
+the largest of them, measured again before every round of repetitions; the fraction is the median over repetitions
 of each one's FLOP/s over the peak measured just before it: this VM's speed drifts by tens of percent within
 minutes, so a fraction is only meaningful against a peak taken next to it).
 
