@@ -148,7 +148,9 @@ def time_alternating(impls: list, reps: int, warmup: int, before_round=None) -> 
 class Isolated:
     """An implementation built and run in a worker process of its own; method calls go over a pipe.
 
-    The parent times `run()` around the round trip (about 0.1 ms, against repetitions of 0.1 s and more)."""
+    The parent times `run()` around the round trip (about 0.1 ms, against repetitions of 0.1 s and more); the
+    worker counts the minor page faults each `run()` took (`page_faults`, warm-up runs included): a step in
+    which the heap grew faults its new memory in and runs seconds slower (RESULTS.md, "Allocator")."""
 
     def __init__(self, cls: type, *args):
         import multiprocessing
@@ -160,6 +162,7 @@ class Isolated:
         self._proc.start()
         child.close()
         self.name = self._reply(cls.__name__)  # the worker answers once it has built the implementation
+        self.page_faults: list[int] = []
 
     def _reply(self, what: str):
         status, value = self._conn.recv()
@@ -172,7 +175,7 @@ class Isolated:
         return self._reply(f"{self.name}.{what}")
 
     def run(self) -> None:
-        self._call("run")
+        self.page_faults.append(self._call("run"))
 
     def compiled(self):
         return self._call("compiled")
@@ -189,6 +192,7 @@ class Isolated:
 
 def _serve(conn, cls_name: str, args: tuple) -> None:
     """Worker side of `Isolated`: build the implementation, then answer calls until told to stop."""
+    import resource
     import traceback
 
     try:
@@ -205,8 +209,10 @@ def _serve(conn, cls_name: str, args: tuple) -> None:
         return
     while (what := conn.recv()) is not None:
         try:
-            if what == "run":
-                value = impl.run()
+            if what == "run":  # answers the minor page faults the run took
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                impl.run()
+                value = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
             elif what == "compiled":  # the program caches and this process's backend compilations
                 value = [impl.compiled(), _COMPILES[0]]
             else:
@@ -270,6 +276,12 @@ def report(
             "framework": impl.name,
             "seconds_median": s,
             "seconds_all": times[impl.name],
+            # minor page faults of each timed repetition, where the implementation counts them (`Isolated`)
+            **(
+                {"page_faults_all": impl.page_faults[-len(times[impl.name]) :]}
+                if hasattr(impl, "page_faults")
+                else {}
+            ),
             figure: s if amount is None else amount / s,
             "work": impl.work(),
         }
@@ -308,8 +320,15 @@ def _matmul_operands(n: int = 2048):
 
     a = jnp.ones((n, n), jnp.float32)
     # XLA's default product library (YNNPACK) and the one the training steps compile to (oneDNN, where there).
-    options = {"jax": None, "jax_onednn": training_compiler_options(make_mesh(MeshConfig(), jax.devices()[:1]))}
-    fs = {name: jax.jit(lambda x: x @ x, compiler_options=o) for name, o in options.items() if name == "jax" or o}
+    options = {
+        "jax": None,
+        "jax_onednn": training_compiler_options(make_mesh(MeshConfig(), jax.devices()[:1])),
+    }
+    fs = {
+        name: jax.jit(lambda x: x @ x, compiler_options=o)
+        for name, o in options.items()
+        if name == "jax" or o
+    }
     for f in fs.values():
         f(a).block_until_ready()
     t = torch.ones(n, n)

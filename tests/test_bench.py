@@ -57,6 +57,8 @@ def test_benchmark_smoke_reports_every_workload_for_both_frameworks_and_their_ra
         for r in by_framework.values():
             assert r["model"] == "smoke" and r[figure] > 0 and r["seconds_median"] > 0
             assert len(r["seconds_all"]) == 1
+            # each timed repetition's minor page faults, counted in its worker
+            assert len(r["page_faults_all"]) == 1 and r["page_faults_all"][0] >= 0
         # The two sides did the same work: same shapes, tokens, comparisons and optimizer steps.
         works = [r["work"] for r in by_framework.values()]
         assert all(w == works[0] for w in works), (workload, works)
@@ -143,11 +145,13 @@ def test_recompile_inside_a_worker_is_caught(bench_script):
     server = threading.Thread(target=bench._serve, args=(theirs, "_Jitted", (False,)), daemon=True)
     server.start()
     proxy = object.__new__(bench.Isolated)
-    proxy._conn, proxy._proc = ours, server
+    proxy._conn, proxy._proc, proxy.page_faults = ours, server, []
     proxy.name = proxy._reply("_Jitted")
     assert proxy.name == "oversight" and proxy.compiled()[0] == 0
     with pytest.raises(RuntimeError, match="recompiled after warm-up"):
         bench.time_alternating([proxy], reps=2, warmup=1)
+    # every run (1 warm-up, 2 timed) answered its minor page-fault count
+    assert len(proxy.page_faults) == 3 and all(isinstance(n, int) and n >= 0 for n in proxy.page_faults)
     with pytest.raises(RuntimeError, match=r"worker \(oversight.missing_method\) failed(.|\n)*no attribute"):
         proxy.missing_method()
     proxy.close()
