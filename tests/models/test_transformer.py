@@ -100,6 +100,29 @@ def test_tied_lm_head_gradients_equal_the_plain_product():
     np.testing.assert_allclose(np.asarray(bf[1], np.float32), tied[1], rtol=0.1, atol=0.1)
 
 
+@pytest.mark.parametrize("lead", [(7,), (2, 5)])
+def test_dense_value_and_gradients_equal_the_plain_product(lead):
+    from oversight.models.transformer import dense
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(*lead, 8)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(*lead, 6)), jnp.float32)  # every output weighed differently
+
+    def loss(product):
+        return lambda x, w: (jnp.tanh(product(x, w)) * weights).sum()
+
+    np.testing.assert_allclose(dense(x, w), x @ w, rtol=1e-6, atol=1e-6)
+    plain = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, w)
+    ours = jax.jit(jax.grad(loss(dense), argnums=(0, 1)))(x, w)
+    for p, o in zip(plain, ours, strict=True):
+        assert o.shape == p.shape and o.dtype == p.dtype
+        np.testing.assert_allclose(o, p, rtol=1e-5, atol=1e-6)
+    bf = jax.grad(loss(dense), argnums=(0, 1))(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert bf[0].dtype == bf[1].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf[1], np.float32), ours[1], rtol=0.1, atol=0.1)
+
+
 @pytest.mark.parametrize(
     "cfg",
     [*CONFIGS, dataclasses.replace(CONFIGS[0], dtype="bfloat16")],
