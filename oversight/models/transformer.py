@@ -8,6 +8,7 @@ them onto a mesh, so this file never names one.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -89,27 +90,32 @@ def _materialized_bwd(_, g):
 materialized_cotangent.defvjp(_materialized_fwd, _materialized_bwd)
 
 
-@jax.custom_vjp
-def dense(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x (..., I) @ w (I, O) -> (..., O): the trunk's weight products (I, O: the input and output widths).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """x (..., I) @ w (I, O) -> (..., O), in `out_dtype` if given (the LM heads ask for float32 logits): every
+    weight product of the model (I, O: the input and output widths).
 
     Autodiff gives the weight gradient as (g^T x)^T, a product followed by a transpose; XLA on CPU folds the
     transpose into the product's operands and writes the activation gradient, and the activation, into
-    transposed layout to feed it (W3 `small` update: ~55 such copies a minibatch step). The backward pass here
-    computes x^T g directly, reading both in their own layouts: W3 iterations 5-8% faster, W4 `small` steps
-    2-5% (`tiny` within noise).
+    transposed layout to feed it (W3 `small` update: ~55 such copies a minibatch step; for the tied LM head, a
+    copy of the (B·T, V) logits gradient, 0.22 s of a 3.3 s `small` SFT step). The backward pass here computes
+    x^T g directly, reading both in their own layouts: W3 iterations 5-8% faster, W4 `small` steps 2-5%
+    (`tiny` within noise). A tied head passes the embedding transposed, `dense(h, embed.T)`: its gradient is
+    then (h^T g)^T, the transpose of a (D, V) product, not a transposed copy of g.
     """
-    return jnp.einsum("...i,io->...o", x, w)
+    return jnp.einsum("...i,io->...o", x, w, preferred_element_type=out_dtype)
 
 
-def _dense_fwd(x, w):
-    return dense(x, w), (x, w)
+def _dense_fwd(x, w, out_dtype):
+    return dense(x, w, out_dtype), (x, w)
 
 
-def _dense_bwd(residuals, g):  # g (..., O)
+def _dense_bwd(out_dtype, residuals, g):  # g (..., O), in out_dtype
     x, w = residuals
-    d_x = jnp.einsum("...o,io->...i", g, w)  # (..., I)
-    d_w = jnp.einsum("mi,mo->io", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))  # (I, O)
+    d_x = jnp.einsum("...o,io->...i", g, w.astype(g.dtype))  # (..., I)
+    d_w = jnp.einsum(
+        "mi,mo->io", x.reshape(-1, x.shape[-1]).astype(g.dtype), g.reshape(-1, g.shape[-1])
+    )  # (I, O)
     return d_x.astype(x.dtype), d_w.astype(w.dtype)
 
 
@@ -119,30 +125,6 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 def positions_from_mask(mask: jax.Array) -> jax.Array:
     """Position ids for left-padded rows: 0 at the first real token, counting real tokens only. (B, T)"""
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-
-
-@jax.custom_vjp
-def tied_lm_head(hidden: jax.Array, embed: jax.Array) -> jax.Array:
-    """Logits against the tied embedding: hidden (B, T, D), embed (V, D) -> float32 (B, T, V).
-
-    The same product as autodiff would differentiate, with the embedding's gradient taken as (h^T g)^T: XLA on
-    CPU otherwise copies the (B·T, V) logits gradient into transposed layout first (0.22 s of a 3.3 s `small`
-    SFT step; the LM head and cross-entropy forward and backward 0.78 -> 0.62 s)."""
-    return jnp.einsum("btd,vd->btv", hidden, embed, preferred_element_type=jnp.float32)
-
-
-def _tied_lm_head_fwd(hidden, embed):
-    return tied_lm_head(hidden, embed), (hidden, embed)
-
-
-def _tied_lm_head_bwd(residuals, g):  # g (B, T, V) float32
-    hidden, embed = residuals
-    d_hidden = jnp.einsum("btv,vd->btd", g, embed.astype(jnp.float32))  # (B, T, D)
-    d_embed_t = jnp.einsum("btd,btv->dv", hidden.astype(jnp.float32), g)  # (D, V): g read in its own layout
-    return d_hidden.astype(hidden.dtype), d_embed_t.T.astype(embed.dtype)
-
-
-tied_lm_head.defvjp(_tied_lm_head_fwd, _tied_lm_head_bwd)
 
 
 @jax.custom_vjp
@@ -388,10 +370,8 @@ class Transformer(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head, float32 logits (B, T, V)."""
-        if self.lm_head is None:
-            return tied_lm_head(hidden, self.embed[...].astype(hidden.dtype))
-        w = self.lm_head[...].astype(hidden.dtype)  # (D, V)
-        return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+        w = self.embed[...].T if self.lm_head is None else self.lm_head[...]  # (D, V)
+        return dense(hidden, w.astype(hidden.dtype), jnp.float32)
 
     def next_token_logits(self, hidden: jax.Array) -> jax.Array:
         """LM head at one position per row, as in a decoding step: hidden (B, D) -> float32 (B, V).

@@ -77,8 +77,7 @@ def test_invalid_model_configs_name_the_field(kwargs, message):
 
 
 def test_tied_lm_head_gradients_equal_the_plain_product():
-    from oversight.models.transformer import tied_lm_head
-
+    """The tied head as `dense(h, embed.T, float32)`: its gradients equal autodiff's of the plain product."""
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
     embed = jnp.asarray(rng.normal(size=(11, 8)), jnp.float32)
@@ -88,16 +87,19 @@ def test_tied_lm_head_gradients_equal_the_plain_product():
     def loss(head):
         return lambda h, e: (jnp.tanh(head(h, e)) * weights).sum()
 
+    def tied(h, e):
+        return T.dense(h, e.T, jnp.float32)
+
     plain = jax.grad(loss(lambda h, e: jnp.einsum("btd,dv->btv", h, e.T)), argnums=(0, 1))(hidden, embed)
-    tied = jax.jit(jax.grad(loss(tied_lm_head), argnums=(0, 1)))(hidden, embed)
-    for p, t in zip(plain, tied, strict=True):
+    ours = jax.jit(jax.grad(loss(tied), argnums=(0, 1)))(hidden, embed)
+    for p, t in zip(plain, ours, strict=True):
         assert t.shape == p.shape and t.dtype == p.dtype
         np.testing.assert_allclose(t, p, rtol=1e-5, atol=1e-6)
     # bfloat16 parameters: float32 logits, gradients back in the parameters' dtype
-    bf = jax.grad(loss(tied_lm_head), argnums=(0, 1))(hidden.astype(jnp.bfloat16), embed.astype(jnp.bfloat16))
-    assert tied_lm_head(hidden.astype(jnp.bfloat16), embed.astype(jnp.bfloat16)).dtype == jnp.float32
+    bf = jax.grad(loss(tied), argnums=(0, 1))(hidden.astype(jnp.bfloat16), embed.astype(jnp.bfloat16))
+    assert tied(hidden.astype(jnp.bfloat16), embed.astype(jnp.bfloat16)).dtype == jnp.float32
     assert bf[0].dtype == bf[1].dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(bf[1], np.float32), tied[1], rtol=0.1, atol=0.1)
+    np.testing.assert_allclose(np.asarray(bf[1], np.float32), ours[1], rtol=0.1, atol=0.1)
 
 
 @pytest.mark.parametrize("lead", [(7,), (2, 5)])
@@ -197,8 +199,9 @@ def test_attention_in_causal_blocks_gives_the_full_attentions_outputs_and_gradie
     "cfg", [*CONFIGS, dataclasses.replace(CONFIGS[1], dtype="bfloat16")], ids=["gpt2", "llama", "llama-bf16"]
 )
 def test_model_gradients_with_dense_equal_those_with_the_plain_product(cfg, monkeypatch):
-    """Every trunk product through `dense` (its hand-written backward) against the same model with a plain
-    product that autodiff differentiates: the same gradient for every parameter, on a left-padded batch."""
+    """Every weight product through `dense` (its hand-written backward; the trunk and the LM head, tied for
+    GPT-2, untied for Llama) against the same model with a plain product that autodiff differentiates: the same
+    gradient for every parameter, on a left-padded batch."""
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 11)), jnp.int32)
     mask = jnp.ones_like(tokens).at[1, :4].set(0)
@@ -209,7 +212,11 @@ def test_model_gradients_with_dense_equal_those_with_the_plain_product(cfg, monk
         return jnp.sum(jnp.tanh(model.logits(hidden)) * weights)
 
     ours = jax.jit(nnx.grad(loss))(model)
-    monkeypatch.setattr(T, "dense", lambda x, w: jnp.einsum("...i,io->...o", x, w))
+
+    def plain_product(x, w, out_dtype=None):
+        return jnp.einsum("...i,io->...o", x, w, preferred_element_type=out_dtype)
+
+    monkeypatch.setattr(T, "dense", plain_product)
     plain = jax.jit(nnx.grad(loss))(model)  # a new jit: traced again with the plain product
     tol = 2e-2 if cfg.dtype == "bfloat16" else 1e-5  # relative to each gradient's largest entry
     for o, p in zip(jax.tree.leaves(ours), jax.tree.leaves(plain), strict=True):
