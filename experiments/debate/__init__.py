@@ -1,7 +1,7 @@
-"""Debate experiments: a protocol engine shared by image and text debate, and the games built on it.
+"""Debate experiments: the protocols of `oversight.protocols` played on the tasks' debate worlds.
 
-`experiments.debate.protocol` holds the engine (information asymmetry, the verified-evidence channel, turn
-and length budgets, blind / consultancy / debate / oracle protocols, both answer orders) and the metrics
-(accuracy with Wilson intervals, log score, ECE, honest win rate, Elo from cross-play, evidence stats).
-`experiments.debate.digits` is the sparse-pixel image debate of Irving et al. 2018 on 8x8 digits.
+`experiments.debate.digits` is the sparse-pixel image debate of Irving et al. 2018 on 8x8 digits
+(`oversight.tasks.digits`); `experiments.debate.text` the hidden-passage text debate with verified quotes
+(`oversight.tasks.passages`). Each trains its own judge and debaters; both debaters' RL uses the core's
+`oversight.training.policy_gradient`.
 """

@@ -1,13 +1,16 @@
 """Sparse-pixel image debate (Irving, Christiano & Amodei 2018, §3.1) on scikit-learn's 8x8 digits.
 
-    oversight experiment=debate_digits                 # k = 4 and 6 pixels, about 1-2 minutes on 2 CPU cores
+    oversight experiment=debate_digits                 # 2 and 3 pixels a side, about 2-3 min on 2 CPU cores
     oversight -m experiment=debate_digits seed=0,1,2   # the 3-seed table
 
-The judge is a small JAX/Flax NNX MLP that sees k revealed pixels (values and a reveal mask), trained on
-random k-pixel reveals of the training split, as Irving et al. trained theirs on random MNIST reveals. On
-held-out images the honest debater claims the true label and the liar another one; they alternately reveal
-pixels (k in all, only nonzero pixels, as in the paper) through the engine's `PixelChannel`, and the judge,
-restricted to the two claims, picks one. The honest win rate is the judge's accuracy under debate.
+The task is `oversight.tasks.digits`: held-out images, each with its true label and a false one. The
+evidence budget is `evidence_per_side` pixels a debater reveals; the judge sees k = 2 x that (a consultant
+reveals all k), Irving et al.'s k = 4 and 6. The judge is a small JAX/Flax NNX MLP that sees k revealed
+pixels (values and a reveal mask), trained on random k-pixel reveals of the training split, as Irving et al.
+trained theirs on random MNIST reveals. The honest debater claims the true label and the liar another one;
+they alternately reveal pixels (only nonzero pixels, as in the paper) through the protocols' `PixelChannel`,
+and the judge, restricted to the two claims, picks one. The honest win rate is the judge's accuracy under
+debate.
 
 Debaters search against the judge: `greedy` reveals the pixel that most raises the judge's log-odds for its
 claim; `lookahead` runs a minimax over the next `search_depth` reveals, restricted to the `search_width` best
@@ -17,9 +20,10 @@ The `learned` debater is a policy instead of a search: a small NNX MLP (`PixelPo
 debater sees (the whole image, the reveals so far, its claim, the opponent's claim, its answer's position
 and the moves left to each side) and outputs a distribution over the 64 pixels, zero and revealed pixels
 masked out. One network per k plays both sides and is trained by self-play REINFORCE (leave-one-out
-baseline over repeated plays of a game) with the fixed judge's verdict as the zero-sum reward, on the
-judge's training images, with the whole game vectorised under jit; it plays its mode on the held-out
-images. No imitation warm-start: everything it knows comes from RL against the judge.
+baseline over repeated plays of a game; the core's `policy_gradient_loss` on-policy) with the fixed judge's
+verdict as the zero-sum reward, on the judge's training images, with the whole game vectorised under jit;
+it plays its mode on the held-out images. No imitation warm-start: everything it knows comes from RL
+against the judge.
 
 The liar's label: by default the *most confusable* wrong label of each image (the wrong class the k-pixel
 judge rates highest on average over random reveals): the strongest fixed lie, committed to before the game
@@ -48,13 +52,13 @@ import optax
 import pandas as pd
 from flax import nnx
 
-from experiments.debate import protocol as P
+from oversight import protocols as P
 from oversight.registry import Experiment, RunContext
 from oversight.stats import proportion_row, wilson_interval
+from oversight.tasks.digits import N_CLASSES, N_PIXELS, load_split, make_questions
 from oversight.training.loop import TrainConfig, make_optimizer
+from oversight.training.policy_gradient import policy_gradient_loss
 
-N_PIXELS = 64
-N_CLASSES = 10
 SEARCH_AGENTS = ("random", "greedy", "lookahead")
 AGENTS = (*SEARCH_AGENTS, "learned")
 LIAR_LABELS = ("confusable", "random", "all")
@@ -64,8 +68,9 @@ METHOD_NAMES = {"random": "random pixels", "greedy": "debate greedy", "lookahead
 
 @dataclass
 class DigitsDebateOptions:
-    # Evidence budgets k: pixels revealed in all (each debater reveals k/2); one judge is trained per k.
-    pixels: list[int] = field(default_factory=lambda: [4, 6])
+    # Evidence budgets in pixels per side: each debater reveals this many, the judge sees k = 2 x as many
+    # (a consultant reveals all k); one judge is trained per budget.
+    evidence_per_side: list[int] = field(default_factory=lambda: [2, 3])
     # Share of the 1797 images held out for the debates (the judge never trains on them).
     test_fraction: float = 0.25
     # Use only the first N held-out images (None: all); for quick tests.
@@ -106,13 +111,12 @@ class DigitsDebateOptions:
 
 
 def _check(opts: DigitsDebateOptions, min_nonzero: int) -> None:
-    for k in opts.pixels:
-        if not 1 <= k <= min_nonzero:
+    for n in opts.evidence_per_side:
+        if not 1 <= 2 * n <= min_nonzero:
             raise ValueError(
-                f"experiment.pixels: {k} is outside 1..{min_nonzero} (fewest nonzero pixels of an image)"
+                f"experiment.evidence_per_side: {n} pixels a side is outside 1..{min_nonzero // 2} (the judge"
+                f" sees twice as many; the fewest nonzero pixels of an image are {min_nonzero})"
             )
-        if opts.simultaneous and k % 2:
-            raise ValueError(f"experiment.pixels: {k} is odd, simultaneous debate needs an even budget")
     if opts.liar_label not in LIAR_LABELS:
         raise ValueError(f"experiment.liar_label={opts.liar_label!r} is not one of {', '.join(LIAR_LABELS)}")
     for name in [*opts.agents, opts.consultant]:
@@ -535,9 +539,10 @@ def _rl_chunk(pgraph, jgraph, pstate, opt_state, jstate, xs, ys, lies, key, *, s
                                       kinds=("policy", "policy"), sample=True)  # fmt: skip
         r = p.reshape(group, -1)  # (G, n): plays of one game share a column
         baseline = (r.sum(0, keepdims=True) - r) / (group - 1)
-        adv = jax.lax.stop_gradient((r - baseline).reshape(-1))  # honest side's advantage (B,)
+        adv = (r - baseline).reshape(-1)  # honest side's advantage (B,)
         sign = jnp.where(movers == 0, 1.0, -1.0)  # (B, k): the liar's advantage is -adv
-        loss = -jnp.mean(adv * jnp.sum(sign * logp, axis=-1)) - entropy * ent.mean()
+        pg_loss, _ = policy_gradient_loss(logp, adv[:, None] * sign)  # on-policy: REINFORCE
+        loss = pg_loss - entropy * ent.mean()
         return loss, (p, ent)
 
     def step(carry, key):
@@ -698,19 +703,6 @@ def oracle_judge(judge: TrainedJudge) -> P.Judge:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def load_split(test_fraction: float, seed: int):
-    """Digits scaled to [0, 1], split into train / held-out by a seeded permutation."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)  # (1797, 64)
-    y = digits.target.astype(np.int32)  # (1797,)
-    order = np.random.default_rng(seed).permutation(len(y))
-    n_test = int(round(test_fraction * len(y)))
-    test, train = order[:n_test], order[n_test:]
-    return x[train], y[train], x[test], y[test]
-
-
 def liar_labels(
     judge: TrainedJudge, x: np.ndarray, y: np.ndarray, opts, rng: np.random.Generator
 ) -> list[list[int]]:
@@ -810,10 +802,12 @@ def run(ctx: RunContext) -> None:
         summary[f"debate/accuracy/{method}/k{common['k']}"] = acc
         return acc
 
-    for k in opts.pixels:
+    for n in opts.evidence_per_side:
+        k = 2 * n  # pixels the judge sees, Irving et al.'s k
         t_k = time.perf_counter()
         judge = train_judge(x_train, y_train, k, opts, cfg.seed + k, logger(f"judge_k{k}"))
-        common = {"k": k, "liar_label": opts.liar_label, "simultaneous": opts.simultaneous}
+        common = {"k": k, "evidence_per_side": n, "evidence_unit": "pixel", "liar_label": opts.liar_label,
+                  "simultaneous": opts.simultaneous}  # fmt: skip
 
         # Irving et al.'s "judge accuracy": 10-way, from k random nonzero pixels of each held-out image.
         mask = np.asarray(random_reveal(jax.random.key(cfg.seed + 7 * k), jnp.asarray(x_test), k))
@@ -823,13 +817,9 @@ def run(ctx: RunContext) -> None:
         )
         summary[f"judge/accuracy_10way_k{k}"] = hits / len(y_test)
 
-        questions = [
-            P.Question(source=x_test[i], answers=(int(y_test[i]), lie), correct=0, id=f"{i}:{lie}")
-            for i, lies in enumerate(liar_labels(judge, x_test, y_test, opts, rng))
-            for lie in lies
-        ]
+        questions = make_questions(x_test, y_test, liar_labels(judge, x_test, y_test, opts, rng))
         schedule = P.Schedule(moves=k, simultaneous=opts.simultaneous)
-        budget = P.Budget(max_evidence=1)
+        budget = P.Budget(max_evidence=1)  # one pixel a turn: n turns a debater, k turns a consultant
         debaters = {
             name: SearchDebater(
                 judge, name, depth=opts.search_depth, width=opts.search_width, seed=cfg.seed + 11 * k

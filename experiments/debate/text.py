@@ -1,28 +1,21 @@
 """Hidden-passage text debate: debaters quote a passage the judge never sees; quotes are verified.
 
-    oversight experiment=debate_text                      # 510-620 CPU-seconds (2026-12-01 CPU, 2 cores)
+    oversight experiment=debate_text                      # about 5 min on 2 CPU cores
     oversight -m experiment=debate_text seed=0,1,2        # the 3-seed table
     oversight experiment=debate_text model=hf model.checkpoint=/path/to/hf tokenizer=/path/to/hf
     oversight experiment=debate_text experiment.judge_checkpoint=/path/to/small_hf   # an imported judge too
 
-The task (a toy QuALITY with known ground truth, reference §11): a generated passage of facts, one
-sentence each ("Ada lives in Oslo."), about `entities` people and `relations` relations, the cities drawn
-independently from a pool (so a city can recur in unrelated facts). The question asks one fact ("Ada lives
-in which city?") and offers two cities: the true one and another city of the same passage, by default one
-from a *misleading* sentence (same person, other relation; or same relation, other person). So:
+The task is `oversight.tasks.passages` (a toy QuALITY with known ground truth, reference §11): a generated
+passage of facts ("Ada lives in Oslo."), a question asking one fact, the true city and a misleading one. A
+blind judge is at chance by construction; here the learned judge is also antisymmetric in the answer order
+(each quote's score counts for its quoter's answer and against the other; no quotes give exactly 1/2), with
+both orders always played. Exactly one sentence decides the question and verifies; the liar has
+true-but-misleading verified quotes, irrelevant ones, or a fabricated claim, which the protocols'
+`QuoteChannel` marks unverified.
 
-- a blind judge is at chance by construction: the generator treats city names symmetrically, hence the
-  (true, false) pair is exchangeable, and the learned judge is antisymmetric in the answer order (each
-  quote's score counts for its quoter's answer and against the other; no quotes give exactly 1/2), with
-  both orders always played;
-- exactly one sentence decides the question (the asked fact, "Ada lives in Oslo."), and it verifies;
-- the liar always has true-but-misleading verified quotes containing its answer ("Ada works in Lima.",
-  "Bob lives in Lima."), irrelevant ones, or a fabricated claim ("Ada lives in Lima."), which the engine's
-  `QuoteChannel` marks unverified.
-
-Names, cities and relations have fixed widths, and models read a quote *against* a claim word by word with
-the differences highlighted ("Ada lives|works in Oslo.|Lima.", `aligned`): a reading aid like a diff view,
-without which the small character-level models here do not learn to compare strings within a CPU budget.
+Models read a quote *against* a claim word by word with the differences highlighted ("Ada lives|works in
+Oslo.|Lima.", `aligned`): a reading aid like a diff view, without which the small character-level models
+here do not learn to compare strings within a CPU budget (the task's fixed-width names make it line up).
 
 Agents. A debater is a `QuotePolicy`: the framework transformer (`model=...`) with a scalar `quote` head
 scores each candidate quote (every passage sentence, plus its claim when that is not in the passage, i.e.
@@ -33,10 +26,11 @@ against the quoter's claim as the judge reads them, so in sequential debate the 
 first one's quote. It samples one
 (softmax at `temperature`, never repeating a quote) and argues a templated claim ("It is Lima."). One
 network plays both sides (self-play), trained by RL with the judge's verdict as reward (p(its answer), or
-log p) on fresh debate and consultancy games, honest and dishonest seats alike, with the RLHF core's
-pieces: the framework's jitted train step (`make_train_step`), a PPO clipped surrogate on whitened
-advantages (per-side baselines), epochs of minibatches, and an exact KL penalty to the initial policy (the
-choice is one categorical action, so the KL over candidates is computed in closed form).
+log p) on fresh debate and consultancy games, honest and dishonest seats alike, with the core's pieces: the
+framework's jitted train step (`make_train_step`), the clipped surrogate of
+`oversight.training.policy_gradient` on whitened advantages (per-side baselines), epochs of minibatches, and
+an exact KL penalty to the initial policy (the choice is one categorical action, so the KL over candidates
+is computed in closed form).
 
 Judge. `judge=learned` (default): a transformer smaller than the debaters (`judge_d_model`, `judge_layers`;
 or `judge_checkpoint`, a Hugging Face folder) with a scalar `judge` head. It reads only the question, the
@@ -61,7 +55,8 @@ Protocols on the same held-out questions, both answer orders, before and after d
 judge retraining: blind judge, assigned consultancy (honest and dishonest both played, averaged), debate
 (honest vs liar, each first once), the oracle (reads the passage; upper bound); a cross-play of initial and
 trained debaters (under the first judge) with Elo per side. Results rows (`results.jsonl`, Wilson or
-bootstrap 95% intervals, column `stage` = before | after | judge retrained [| after r2 | ...], `round`):
+bootstrap 95% intervals, column `stage` = before | after | judge retrained [| after r2 | ...], `round`; the
+evidence budget as `evidence_per_side` with `evidence_unit` "quote"):
 `debate/accuracy` (and order / side splits, log score, ECE, Brier), `debate/honest_win_rate`,
 `debate/evidence_*` (verified, unverified, deciding-quote and misleading-quote rates), `debate/elo`.
 """
@@ -82,25 +77,32 @@ import pandas as pd
 from flax import nnx
 
 from experiments.common import round_up
-from experiments.debate import protocol as P
+from oversight import protocols as P
 from oversight.data.tokenizer import load_tokenizer
 from oversight.models import ModelConfig, build_model_config
 from oversight.registry import Experiment, RunContext
 from oversight.stats import proportion_row, wilson_interval
+from oversight.tasks.passages import (
+    CITIES,
+    LIAR_ANSWERS,
+    NAMES,
+    RELATIONS,
+    PassageSpec,
+    claim_sentence,
+    fact_sentence,
+    make_questions,
+    passage_sentences,
+    question_text,
+    states,
+    training_questions,
+)
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
+from oversight.training.policy_gradient import policy_gradient_loss
 from oversight.training.sft import epoch_batches
 
-# Fixed widths (3-letter names, 4-letter cities, 8-character relations): every fact sentence and question
-# has one layout, so a small character-level judge can compare them position by position.
-NAMES = ("Ada", "Bob", "Cyd", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kai", "Lou", "Max", "Ned")
-CITIES = ("Oslo", "Lima", "Rome", "Kyiv", "Baku", "Doha", "Riga", "Bern", "Pune", "Nice", "Apia", "Suva")
-# "Ada lives in Oslo." / "Ada lives in which city?"
-RELATIONS = ("lives in", "works in", "plays in", "shops in")
-LIAR_ANSWERS = ("misleading", "any")
 JUDGES = ("learned", "simulated")
 TRAIN_GAMES = ("debate", "consultancy", "both")
 REWARDS = ("prob", "log")
-QUESTION_TAIL = "which city?"
 
 
 @dataclass
@@ -114,8 +116,9 @@ class TextDebateOptions:
     liar_answer: str = "misleading"
     # Held-out questions every protocol is measured on (each in both answer orders).
     eval_questions: int = 200
-    # --- protocol: quotes per debater (a consultant gets twice as many turns, as in Michael et al. 2023).
-    quotes: int = 1
+    # --- protocol: evidence budget in quotes per side (a debater quotes this many times, one quote a turn;
+    # a consultant gets both sides' turns, twice as many, as in Michael et al. 2023).
+    evidence_per_side: int = 1
     simultaneous: bool = False
     # Characters of quoted text per turn.
     max_quote_chars: int = 80
@@ -156,7 +159,7 @@ class TextDebateOptions:
     ent_coef: float = 0.0
     temperature: float = 1.0
     # Quotes of the transcript so far the debater reads (the most recent, with who made them and their
-    # [v]/[u] marks): null for all of them (2 x quotes - 1 at most), 0 for none (a transcript-blind policy).
+    # [v]/[u] marks): null for all of them (transcript_quotes - 1 at most), 0 for none (transcript-blind).
     # 0 by default: reading them measured no better over 3 seeds (at f356fae: debate after training 0.809
     # against 0.897 blind) at twice the input length, and this judge scores each quote on its own (README).
     seen_quotes: int | None = 0
@@ -183,7 +186,7 @@ class TextDebateOptions:
             ("entities", 2, len(NAMES)),
             ("relations", 1, len(RELATIONS)),
             ("cities", 2, len(CITIES)),
-            ("quotes", 1, 8),
+            ("evidence_per_side", 1, 8),
         )
         for key, lo, hi in limits:
             if not lo <= getattr(self, key) <= hi:
@@ -205,79 +208,20 @@ class TextDebateOptions:
         if self.seen_quotes is not None and self.seen_quotes < 0:
             raise ValueError(f"experiment.seen_quotes={self.seen_quotes} must be >= 0 (or null for all)")
 
+    @property
+    def passages(self) -> PassageSpec:
+        """The task's passages and questions, as these options set them."""
+        return PassageSpec(self.entities, self.relations, self.cities, self.liar_answer)
+
+
+def transcript_quotes(opts: TextDebateOptions) -> int:
+    """Quotes in a transcript: both sides' in a debate, the consultant's (as many) in a consultancy."""
+    return 2 * opts.evidence_per_side
+
 
 # ----------------------------------------------------------------------------------------------------------
-# Passages and questions
+# What debaters may quote
 # ----------------------------------------------------------------------------------------------------------
-
-
-def fact_sentence(entity: str, relation: str, city: str) -> str:
-    return f"{entity} {relation} {city}."
-
-
-def question_text(entity: str, relation: str) -> str:
-    return f"{entity} {relation} {QUESTION_TAIL}"
-
-
-def claim_sentence(question: str, answer: str) -> str:
-    """The sentence that would decide the question for `answer` ("Ada lives in Lima.")."""
-    if not question.endswith(QUESTION_TAIL):
-        raise ValueError(f"not a debate_text question: {question!r}")
-    return question[: -len(QUESTION_TAIL)] + f"{answer}."
-
-
-def passage_sentences(passage: str) -> list[str]:
-    """The passage's sentences, each with its full stop (the candidate quotes)."""
-    return [s.strip() + "." for s in passage.split(".") if s.strip()]
-
-
-def make_question(rng: np.random.Generator, opts: TextDebateOptions, qid) -> P.Question:
-    """One passage and question. City names are treated symmetrically, so (true, false) is exchangeable."""
-    names = rng.choice(NAMES, opts.entities, replace=False)
-    relations = list(RELATIONS[: opts.relations])
-    pool = CITIES[: opts.cities]
-    while True:
-        facts = [(e, r, str(rng.choice(pool))) for e in names for r in relations]  # (entities x relations)
-        e, r, true = facts[rng.integers(len(facts))]
-        if opts.liar_answer == "misleading":
-            near = [c for (e2, r2, c) in facts if (e2 == e) != (r2 == r) and c != true]
-        else:
-            near = [c for (_, _, c) in facts if c != true]
-        if near:
-            break
-    false = str(rng.choice(sorted(set(near))))
-    order = rng.permutation(len(facts))
-    passage = " ".join(fact_sentence(*facts[i]) for i in order)
-    correct = int(rng.integers(2))
-    answers = (true, false) if correct == 0 else (false, true)
-    return P.Question(source=passage, answers=answers, correct=correct, question=question_text(e, r), id=qid)
-
-
-def make_questions(n: int, opts: TextDebateOptions, seed: int, prefix: str = "q") -> list[P.Question]:
-    rng = np.random.default_rng(seed)
-    return [make_question(rng, opts, f"{prefix}{i}") for i in range(n)]
-
-
-def question_key(q: P.Question) -> tuple:
-    """What makes two questions the same game: the passage's facts (in any order) and the question asked."""
-    return frozenset(P.normalise(s) for s in passage_sentences(q.source)), q.question
-
-
-def training_questions(n: int, opts: TextDebateOptions, seed: int, prefix: str, held_out) -> list[P.Question]:
-    """`n` generated questions, skipping any that is one of `held_out` (same facts, same question): training
-    data that never contains an evaluation game."""
-    rng = np.random.default_rng(seed)
-    banned = {question_key(q) for q in held_out}
-    out, i = [], 0
-    while len(out) < n:
-        if i >= 100 * n + 1000:
-            raise ValueError(f"could not generate {n} training questions outside the held-out ones: the "
-                             "options allow too few different questions")  # fmt: skip
-        q = make_question(rng, opts, f"{prefix}{i}")
-        i += 1
-        if question_key(q) not in banned:
-            out.append(q)
-    return out
 
 
 def candidates(view: P.AgentView) -> list[str]:
@@ -402,7 +346,7 @@ def _judge_logits(graphdef, state, tokens, mask, sign):
     return judge_logits(nnx.merge(graphdef, state), tokens, mask, sign)
 
 
-class LearnedJudge:
+class QuoteJudge:
     """Engine judge around a trained transformer: P(answer A) from the question, answers and transcript.
 
     A deliberately simple reader: it scores each quote on its own (with the question, the quoter's answer
@@ -482,8 +426,7 @@ def oracle_reader(views: list[P.JudgeView]) -> np.ndarray:
         raise ValueError("oracle judge called without the passage: use protocol.oracle")
     out = []
     for v in views:
-        facts = {P.normalise(s) for s in passage_sentences(v.source)}
-        has = [P.normalise(claim_sentence(v.question, a)) in facts for a in v.answers]
+        has = [states(v.source, v.question, a) for a in v.answers]
         out.append(0.5 if has[0] == has[1] else float(has[0]))
     return np.array(out)
 
@@ -555,15 +498,15 @@ class JudgeTrainer:
         self.graphdef, self.state, shardings = init_train_state(model_cfg, tx, seed, mesh, rules)
         self.step_fn = make_train_step(self.graphdef, judge_loss, shardings, mesh, rules)
         self.tokenizer, self.length, self.batch = tokenizer, length, opts.judge_batch
-        self.slots = max(1, 2 * opts.quotes)
+        self.slots = transcript_quotes(opts)
 
     def encode(self, views, labels) -> dict[str, np.ndarray]:
         """tokens, mask (N, M, T), sign (N, M) and label (N, 1) of (transcript, truth) pairs."""
-        data = LearnedJudge(self.graphdef, None, self.tokenizer, self.length, self.slots).encode(views)
+        data = QuoteJudge(self.graphdef, None, self.tokenizer, self.length, self.slots).encode(views)
         data["label"] = np.asarray(labels, np.int32)[:, None]
         return data
 
-    def fit(self, parts, steps: int, seed: int, log, prefix: str = "judge") -> LearnedJudge:
+    def fit(self, parts, steps: int, seed: int, log, prefix: str = "judge") -> QuoteJudge:
         """`steps` optimizer steps; each batch takes round(fraction x judge_batch) rows from each part of
         `parts`, [(data, fraction)] (the last part fills the batch). Returns the judge as trained so far."""
         counts = [round(f * self.batch) for _, f in parts[:-1]]
@@ -585,10 +528,10 @@ class JudgeTrainer:
                 log({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, step + 1)
         return self.judge()
 
-    def judge(self) -> LearnedJudge:
+    def judge(self) -> QuoteJudge:
         """The judge with a copy of the current weights (later training steps donate `state`)."""
         model_graphdef, model_state = nnx.split(nnx.merge(self.graphdef, self.state)[0])
-        return LearnedJudge(model_graphdef, jax.tree.map(jnp.copy, model_state), self.tokenizer, self.length,
+        return QuoteJudge(model_graphdef, jax.tree.map(jnp.copy, model_state), self.tokenizer, self.length,
                             self.slots)  # fmt: skip
 
 
@@ -617,19 +560,19 @@ def masked_log_softmax(scores: jax.Array, allowed: jax.Array, temperature: float
 
 
 def policy_loss(model, batch, *, clip_eps: float, kl_coef: float, ent_coef: float, temperature: float):
-    """PPO clipped surrogate for one categorical choice, plus exact KL(π || π_ref) and an entropy bonus."""
+    """The core clipped surrogate for one categorical choice (a row of one action), plus exact KL(π || π_ref)
+    over the candidates and an entropy bonus."""
     allowed = batch["allowed"]  # (N, C)
     logp = masked_log_softmax(policy_scores(model, batch["tokens"], batch["mask"]), allowed, temperature)
-    new = jnp.take_along_axis(logp, batch["chosen"], axis=-1)[:, 0]  # (N,)
-    old, adv = batch["old_logp"][:, 0], batch["advantage"][:, 0]  # (N,)
-    ratio = jnp.exp(new - old)
-    surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    new = jnp.take_along_axis(logp, batch["chosen"], axis=-1)  # (N, 1)
+    surrogate_loss, stats = policy_gradient_loss(
+        new, batch["advantage"], batch["old_logp"], clip_eps=clip_eps
+    )
     p = jnp.exp(logp) * allowed
     kl = jnp.sum(p * (logp - batch["ref_logp"]) * allowed, axis=-1).mean()
     entropy = -jnp.sum(p * logp * allowed, axis=-1).mean()
-    loss = -surrogate.mean() + kl_coef * kl - ent_coef * entropy
-    clipped = (jnp.abs(ratio - 1) > clip_eps).mean()
-    return loss, {"kl_ref": kl, "entropy": entropy, "clip_fraction": clipped, "approx_kl": (old - new).mean()}
+    loss = surrogate_loss + kl_coef * kl - ent_coef * entropy
+    return loss, {"kl_ref": kl, "entropy": entropy, **stats}
 
 
 @dataclass
@@ -737,7 +680,9 @@ def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, sched
     channel = P.QuoteChannel()
     step = 0
     for it in range(opts.rl_iterations):
-        questions = make_questions(opts.rollout_questions, opts, seed + 7919 * (it + 1), prefix=f"r{it}_")
+        questions = make_questions(
+            opts.rollout_questions, opts.passages, seed + 7919 * (it + 1), prefix=f"r{it}_"
+        )
         by_id = {q.id: q for q in questions}
         policy.state, policy.record = state, []
         games = []
@@ -786,8 +731,7 @@ def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, sched
 def true_index(key: tuple) -> int:
     """Index of the true answer in the game's answer order (from the passage, as the debater could)."""
     source, question, answers, _ = key
-    facts = {P.normalise(s) for s in passage_sentences(source)}
-    return next(k for k, a in enumerate(answers) if P.normalise(claim_sentence(question, a)) in facts)
+    return next(k for k, a in enumerate(answers) if states(source, question, a))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -822,9 +766,9 @@ def quote_kinds(outcomes: list[P.Outcome], questions: dict) -> dict[str, list[fl
 
 
 def seen_quotes(opts: TextDebateOptions) -> int:
-    """Earlier quotes a debater reads at most: every move but its own (2 x quotes moves of one quote each),
-    or `experiment.seen_quotes` if fewer."""
-    most = 2 * opts.quotes - 1
+    """Earlier quotes a debater reads at most: every quote of the transcript but its own one being chosen, or
+    `experiment.seen_quotes` if fewer."""
+    most = transcript_quotes(opts) - 1
     return most if opts.seen_quotes is None else min(opts.seen_quotes, most)
 
 
@@ -861,25 +805,25 @@ def run(ctx: RunContext) -> None:
     tokenizer = load_tokenizer(cfg.tokenizer)
     heads = list(dict.fromkeys([*cfg.model.scalar_heads, "quote"]))
     debater_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=heads), tokenizer)
-    eval_qs = make_questions(opts.eval_questions, opts, cfg.seed * 1_000_003 + 1, prefix="e")
+    eval_qs = make_questions(opts.eval_questions, opts.passages, cfg.seed * 1_000_003 + 1, prefix="e")
     eval_by_id = {q.id: q for q in eval_qs}
     policy_len, judge_len = text_lengths(tokenizer, opts)
     n_cand = opts.entities * opts.relations + 1
     if policy_len > debater_cfg.max_seq_len:
         raise ValueError(
             f"model.max_seq_len={debater_cfg.max_seq_len} < debater prompts of {policy_len} tokens (fewer "
-            "experiment.quotes or experiment.seen_quotes make them shorter)"
+            "experiment.evidence_per_side or experiment.seen_quotes make them shorter)"
         )
-    budget = P.Budget(max_evidence=1, max_quote_chars=opts.max_quote_chars)
+    budget = P.Budget(max_evidence=1, max_quote_chars=opts.max_quote_chars)  # one quote a turn
     schedules = {
-        "debate": P.Schedule(2 * opts.quotes, simultaneous=opts.simultaneous),
-        "consultancy": P.Schedule(2 * opts.quotes),
+        "debate": P.Schedule(transcript_quotes(opts), simultaneous=opts.simultaneous),
+        "consultancy": P.Schedule(transcript_quotes(opts)),
     }
     channel = P.QuoteChannel()
     rows: list[dict] = []
     summary: dict[str, float] = {}
-    common = {"judge": opts.judge, "quotes": opts.quotes, "liar_answer": opts.liar_answer,
-              "simultaneous": opts.simultaneous}  # fmt: skip
+    common = {"judge": opts.judge, "evidence_per_side": opts.evidence_per_side, "evidence_unit": "quote",
+              "liar_answer": opts.liar_answer, "simultaneous": opts.simultaneous}  # fmt: skip
 
     logged = 0
 
@@ -905,7 +849,7 @@ def run(ctx: RunContext) -> None:
             raise ValueError(
                 f"experiment.judge_checkpoint: max_seq_len {judge_cfg.max_seq_len} < judge texts of {judge_len}"
             )
-        train_qs = make_questions(opts.judge_questions, opts, cfg.seed * 1_000_003 + 2, prefix="j")
+        train_qs = make_questions(opts.judge_questions, opts.passages, cfg.seed * 1_000_003 + 2, prefix="j")
         views, labels = judge_training_views(train_qs, opts, schedules, budget, cfg.seed + 3)
         judge, judge_trainer, random_data = train_judge_stage(
             judge_cfg, views, labels, opts, tokenizer, judge_len, cfg.seed + 4, mesh, rules, log
@@ -1016,7 +960,7 @@ def run(ctx: RunContext) -> None:
         # the next debaters there; replaying the broad random-quoter data (and past debaters, as fictitious
         # play does) guards against that.
         t_judge = time.perf_counter()
-        retrain_qs = training_questions(opts.judge_retrain_questions, opts, cfg.seed * 1_000_003 + 10 + r,
+        retrain_qs = training_questions(opts.judge_retrain_questions, opts.passages, cfg.seed * 1_000_003 + 10 + r,
                                         f"k{r}_", held_out=eval_qs)  # fmt: skip
         player = agent(state, "trained", cfg.seed + 11 + 100 * (r - 1))
         views, labels = [], []

@@ -14,15 +14,16 @@ from flax import nnx
 
 import oversight
 from experiments.debate import digits as D
-from experiments.debate import protocol as P
+from oversight import protocols as P
 from oversight.stats import wilson_interval
+from oversight.tasks.digits import load_split
 from oversight.tracking.runs import load_results
 
 REPO = Path(oversight.__file__).resolve().parents[1]
 
 
 def test_random_reveal_picks_k_distinct_nonzero_pixels():
-    x, *_ = D.load_split(0.25, seed=0)
+    x, *_ = load_split(0.25, seed=0)
     mask = np.asarray(D.random_reveal(jax.random.key(0), jnp.asarray(x[:200]), 5))  # (200, 64)
     assert set(np.unique(mask)) == {0.0, 1.0}
     assert (mask.sum(1) == 5).all()
@@ -83,7 +84,7 @@ def test_lookahead_with_a_full_pool_is_exact_minimax(signs):
 
 @pytest.fixture(scope="module")
 def small_judge():
-    x_train, y_train, x_test, y_test = D.load_split(0.25, seed=0)
+    x_train, y_train, x_test, y_test = load_split(0.25, seed=0)
     opts = D.DigitsDebateOptions(judge_steps=500, judge_hidden=64)
     return D.train_judge(x_train, y_train, 4, opts, seed=0), x_test[:40], y_test[:40]
 
@@ -136,8 +137,8 @@ def test_debaters_reveal_only_nonzero_unrevealed_pixels_and_the_judge_sees_only_
 
 
 def test_bad_options_fail_naming_the_key():
-    with pytest.raises(ValueError, match="experiment.pixels: 20 is outside 1..16"):
-        D._check(D.DigitsDebateOptions(pixels=[20]), 16)
+    with pytest.raises(ValueError, match="experiment.evidence_per_side: 9 pixels a side is outside 1..8"):
+        D._check(D.DigitsDebateOptions(evidence_per_side=[9]), 16)
     with pytest.raises(ValueError, match="experiment.liar_label='best'"):
         D._check(D.DigitsDebateOptions(liar_label="best"), 16)
     with pytest.raises(ValueError, match="unknown debater 'mcts'"):
@@ -157,7 +158,7 @@ def test_bad_options_fail_naming_the_key():
 TINY = [
     "experiment=debate_digits",
     "tracker=disabled",
-    "experiment.pixels=[2,4]",
+    "experiment.evidence_per_side=[1,2]",
     "experiment.max_questions=24",
     "experiment.judge_steps=100",
     "experiment.judge_hidden=32",
@@ -205,6 +206,8 @@ def test_a_run_writes_every_protocol_with_intervals(tiny_run):
         assert r["ci_low"] <= r["value"] <= r["ci_high"]
     tenway = [r for r in rows if r["metric"] == "judge/accuracy_10way"]
     assert sorted(r["k"] for r in tenway) == [2, 4] and all(r["n"] == 24 for r in tenway)
+    # The budget: evidence_per_side pixels a debater reveals, the judge sees k = twice as many.
+    assert all(r["k"] == 2 * r["evidence_per_side"] and r["evidence_unit"] == "pixel" for r in rows)
     firsts = {(r["method"], r["k"]): r["n"] for r in rows if r["metric"] == "debate/accuracy_honest_first"}
     assert firsts[("debate greedy", 4)] == 24
     split = {r["metric"]: r for r in rows if r.get("method") == "consultancy greedy" and r["k"] == 4}
@@ -263,7 +266,7 @@ def _view(image, revealed, mine=0, other=1, upcoming=(1, 0)):
 
 
 def test_learned_debater_never_reveals_a_revealed_or_zero_pixel():
-    x, *_ = D.load_split(0.25, seed=0)
+    x, *_ = load_split(0.25, seed=0)
     # Without the mask the policy would pick a pixel of `favoured` (a +100 bias), which are all either zero
     # or already revealed in these games: it must pick another nonzero pixel.
     favoured = np.arange(16, 48)
@@ -328,7 +331,7 @@ def test_learned_debater_plays_debate_and_consultancy_in_the_engine(small_judge)
 
 def test_self_play_rl_raises_the_honest_win_rate_against_a_fixed_greedy_liar(small_judge):
     judge, *_ = small_judge
-    x_train, y_train, x_test, y_test = D.load_split(0.25, seed=0)
+    x_train, y_train, x_test, y_test = load_split(0.25, seed=0)
     x_test, y_test = x_test[:200], y_test[:200]
     opts = D.DigitsDebateOptions(learned_steps=200, learned_batch=64, learned_hidden=64)
     rng = np.random.default_rng(0)
@@ -355,7 +358,7 @@ def test_self_play_rl_raises_the_honest_win_rate_against_a_fixed_greedy_liar(sma
 
 def test_a_run_with_the_learned_debater_reports_it_everywhere(tmp_path):
     run_dir = tmp_path / "run"
-    _oversight(*TINY, "experiment.pixels=[2]", "experiment.max_questions=16", "experiment.agents=[greedy,learned]",
+    _oversight(*TINY, "experiment.evidence_per_side=[1]", "experiment.max_questions=16", "experiment.agents=[greedy,learned]",
                "experiment.consultant=learned", "experiment.learned_steps=20", "experiment.learned_batch=16",
                "experiment.learned_hidden=16", f"hydra.run.dir={run_dir}")  # fmt: skip
     rows = _rows(run_dir)

@@ -16,12 +16,13 @@ import pytest
 from flax import nnx
 
 import oversight
-from experiments.debate import protocol as P
 from experiments.debate import text as T
+from oversight import protocols as P
 from oversight.data.tokenizer import CharTokenizer, load_tokenizer
 from oversight.models import ModelConfig, Transformer
 from oversight.parallel import MeshConfig, make_mesh
 from oversight.stats import wilson_interval
+from oversight.tasks import passages
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
 
 REPO = Path(oversight.__file__).resolve().parents[1]
@@ -32,13 +33,13 @@ OPTS = T.TextDebateOptions()
 
 
 def test_the_deciding_sentence_is_in_the_passage_and_verifies_and_the_lie_is_not():
-    for q in T.make_questions(300, OPTS, seed=0):
+    for q in passages.make_questions(300, OPTS.passages, seed=0):
         true, false = q.answers[q.correct], q.answers[1 - q.correct]
-        sentences = T.passage_sentences(q.source)
+        sentences = passages.passage_sentences(q.source)
         assert len(sentences) == OPTS.entities * OPTS.relations
-        proof = T.claim_sentence(q.question, true)
+        proof = passages.claim_sentence(q.question, true)
         assert proof in sentences and P.verify_quote(proof, q.source)
-        assert not P.verify_quote(T.claim_sentence(q.question, false), q.source)  # a fabricated claim
+        assert not P.verify_quote(passages.claim_sentence(q.question, false), q.source)  # a fabricated claim
         # The lie comes from a misleading sentence: same person or same relation, not both.
         entity, relation = q.question.split(" ", 1)[0], q.question.split(" ", 1)[1][: -len(" which city?")]
         misleading = [s for s in sentences if false in s.split()[-1]]
@@ -47,7 +48,7 @@ def test_the_deciding_sentence_is_in_the_passage_and_verifies_and_the_lie_is_not
 
 
 def test_a_blind_judge_cannot_beat_chance_by_construction():
-    questions = T.make_questions(4000, OPTS, seed=1)
+    questions = passages.make_questions(4000, OPTS.passages, seed=1)
     # Answer positions are balanced.
     lo, hi = wilson_interval(sum(q.correct for q in questions), len(questions))
     assert lo < 0.5 < hi
@@ -56,7 +57,7 @@ def test_a_blind_judge_cannot_beat_chance_by_construction():
     fit, held = questions[:2000], questions[2000:]
     true_count = Counter(q.answers[q.correct] for q in fit)
     false_count = Counter(q.answers[1 - q.correct] for q in fit)
-    score = {c: true_count[c] - false_count[c] for c in T.CITIES}
+    score = {c: true_count[c] - false_count[c] for c in passages.CITIES}
     hits = sum(
         (score[q.answers[0]] >= score[q.answers[1]]) == (q.correct == 0) for q in held
     )  # the rule picks A on ties
@@ -94,11 +95,11 @@ def _tiny_judge(seed=0):
         vocab_size=101, d_model=16, n_layers=1, n_heads=2, max_seq_len=64, scalar_heads=["judge"]
     )
     graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
-    return T.LearnedJudge(graphdef, state, CharTokenizer(), 48, 2)
+    return T.QuoteJudge(graphdef, state, CharTokenizer(), 48, 2)
 
 
 def test_the_judge_sees_only_question_answers_and_marked_quotes():
-    questions = T.make_questions(20, OPTS, seed=2)
+    questions = passages.make_questions(20, OPTS.passages, seed=2)
     seen: list[P.JudgeView] = []
 
     def spy(views):
@@ -119,17 +120,17 @@ def test_the_judge_sees_only_question_answers_and_marked_quotes():
         # The judge's text holds the quotes but no other passage sentence.
         quoted = {e.content for t in v.turns for e in t.evidence}
         text = T.judge_text(v)
-        for s in T.passage_sentences(q.source):
+        for s in passages.passage_sentences(q.source):
             assert (s in text) == (s in quoted)
     with pytest.raises(ValueError, match="must not see the passage"):
         _tiny_judge()([P.JudgeView(questions[0].question, questions[0].answers, (), questions[0].source)])
 
 
 def test_simulated_overseer_believes_the_deciding_quote_and_ignores_unverified_ones():
-    q = T.make_questions(1, OPTS, seed=3)[0]
+    q = passages.make_questions(1, OPTS.passages, seed=3)[0]
     true, false = q.answers[q.correct], q.answers[1 - q.correct]
-    proof = T.claim_sentence(q.question, true)
-    fake = T.claim_sentence(q.question, false)
+    proof = passages.claim_sentence(q.question, true)
+    fake = passages.claim_sentence(q.question, false)
     honest = P.Turn(0, q.correct, "", (P.Evidence("quote", proof, True),))
     liar = P.Turn(1, 1 - q.correct, "", (P.Evidence("quote", fake, False),))
     p_a = T.simulated_judge(1.0)([P.JudgeView(q.question, q.answers, (honest, liar))])[0]
@@ -144,7 +145,7 @@ def test_simulated_overseer_believes_the_deciding_quote_and_ignores_unverified_o
 def test_the_policy_quotes_candidates_and_rl_moves_probability_to_the_rewarded_quote():
     """On one fixed question, reward 1 for the deciding quote and 0 otherwise: PPO steps raise its
     probability well above the initial near-uniform one, and sampled moves follow."""
-    q = T.make_questions(1, OPTS, seed=4)[0]
+    q = passages.make_questions(1, OPTS.passages, seed=4)[0]
     tok = CharTokenizer()
     policy_len, _ = T.text_lengths(tok, OPTS)
     cfg = ModelConfig(
@@ -160,11 +161,11 @@ def test_the_policy_quotes_candidates_and_rl_moves_probability_to_the_rewarded_q
     view = P.AgentView(q.question, q.answers, q.correct, q.source, (), (1 - q.correct,))
     cands = T.candidates(view)
     # The honest side's claim is a passage sentence; the liar's would be a fabrication, offered last.
-    assert cands == T.passage_sentences(q.source)
+    assert cands == passages.passage_sentences(q.source)
     liar = P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (), (q.correct,))
-    assert T.candidates(liar) == [*cands, T.claim_sentence(q.question, q.answers[1 - q.correct])]
+    assert T.candidates(liar) == [*cands, passages.claim_sentence(q.question, q.answers[1 - q.correct])]
     assert T.policy_text(liar, T.candidates(liar)[-1]).startswith("D f ")
-    target = [cands.index(T.claim_sentence(q.question, q.answers[q.correct]))]  # the deciding sentence
+    target = [cands.index(passages.claim_sentence(q.question, q.answers[q.correct]))]  # the deciding sentence
     tokens, mask, allowed, _ = policy.encode([view])
     p0 = np.exp(policy.log_probs(state, tokens, mask, allowed))[0]
     assert abs(p0[target].sum() - 1 / len(cands)) < 0.1
@@ -217,7 +218,7 @@ def _tiny_policy(opts, seed=0):
 def test_the_second_speaker_reads_the_first_speakers_quote():
     """In sequential debate the second mover's view holds the first move; its policy text, tokens and quote
     scores change with what the opponent quoted (and its [v]/[u] mark), not only with its own candidates."""
-    q = T.make_questions(1, OPTS, seed=6)[0]
+    q = passages.make_questions(1, OPTS.passages, seed=6)[0]
     true, false = q.answers[q.correct], q.answers[1 - q.correct]
     seen: list[P.AgentView] = []
 
@@ -232,14 +233,16 @@ def test_the_second_speaker_reads_the_first_speakers_quote():
         opponent = v.turns[0].evidence[0]
         text = T.policy_text(v, T.candidates(v)[0])
         mark = "v" if opponent.verified else "u"
-        quoted = T.aligned(T.claim_sentence(v.question, v.answers[v.turns[0].answer]), opponent.content)
+        quoted = T.aligned(
+            passages.claim_sentence(v.question, v.answers[v.turns[0].answer]), opponent.content
+        )
         assert text.startswith(f"o[{mark}] {quoted} > D ")
         assert T.policy_text(v, T.candidates(v)[0], seen=0).startswith("D ")  # the transcript-blind policy
 
     # The same seat, the same candidates; the opponent quoted the deciding sentence, a misleading one or a
     # fabrication: different texts, tokens and scores.
-    proof, fake = T.claim_sentence(q.question, true), T.claim_sentence(q.question, false)
-    misleading = next(s for s in T.passage_sentences(q.source) if s != proof)
+    proof, fake = passages.claim_sentence(q.question, true), passages.claim_sentence(q.question, false)
+    misleading = next(s for s in passages.passage_sentences(q.source) if s != proof)
     views = []
     for content in (proof, misleading, fake):
         turn = P.Turn(0, q.correct, "", (P.Evidence("quote", content, P.verify_quote(content, q.source)),))
@@ -260,14 +263,18 @@ def test_the_second_speaker_reads_the_first_speakers_quote():
 
 
 def test_policy_texts_fit_the_lengths_the_options_give():
-    """text_lengths bounds the longest transcript the debater reads: the last mover of a quotes=3 debate."""
+    """text_lengths bounds the longest transcript the debater reads: the last mover of a evidence_per_side=3 debate."""
     tok = CharTokenizer()
-    for opts in (OPTS, T.TextDebateOptions(quotes=3), T.TextDebateOptions(quotes=3, seen_quotes=2)):
+    for opts in (
+        OPTS,
+        T.TextDebateOptions(evidence_per_side=3),
+        T.TextDebateOptions(evidence_per_side=3, seen_quotes=2),
+    ):
         policy_len, _ = T.text_lengths(tok, opts)
         policy = T.QuotePolicy(None, None, tok, policy_len, opts.entities * opts.relations + 1,
                                seen=T.seen_quotes(opts))  # fmt: skip
         most = 0
-        for q in T.make_questions(20, opts, seed=7):
+        for q in passages.make_questions(20, opts.passages, seed=7):
             rnd = T.random_quoter(1)
             views: list[P.AgentView] = []
 
@@ -276,29 +283,31 @@ def test_policy_texts_fit_the_lengths_the_options_give():
                 return rnd(vs)
 
             P.consultancy([q], spy, lambda v: np.full(len(v), 0.5), P.QuoteChannel(),
-                          P.Schedule(2 * opts.quotes), P.Budget(max_evidence=1))  # fmt: skip
+                          P.Schedule(T.transcript_quotes(opts)), P.Budget(max_evidence=1))  # fmt: skip
             policy.encode(views)  # raises if a text does not fit
             most = max(most, max(T.policy_text(v, T.candidates(v)[0], policy.seen).count("[") for v in views))
         assert (
             most
             == T.seen_quotes(opts)
-            == (opts.seen_quotes if opts.seen_quotes is not None else 2 * opts.quotes - 1)
+            == (opts.seen_quotes if opts.seen_quotes is not None else T.transcript_quotes(opts) - 1)
         )
 
 
 def test_judge_retraining_questions_are_never_held_out_ones():
     """The retraining set skips any generated question that is a held-out one (same facts in any order,
     same question), even when the generator's stream would produce it."""
-    held_out = T.make_questions(30, OPTS, seed=123, prefix="e")
-    unfiltered = T.make_questions(60, OPTS, seed=123, prefix="k")
-    keys = {T.question_key(q) for q in held_out}
-    assert sum(T.question_key(q) in keys for q in unfiltered) == 30  # the same stream: the first 30 collide
-    train = T.training_questions(60, OPTS, seed=123, prefix="k", held_out=held_out)
-    assert len(train) == 60 and not any(T.question_key(q) in keys for q in train)
+    held_out = passages.make_questions(30, OPTS.passages, seed=123, prefix="e")
+    unfiltered = passages.make_questions(60, OPTS.passages, seed=123, prefix="k")
+    keys = {passages.question_key(q) for q in held_out}
+    assert (
+        sum(passages.question_key(q) in keys for q in unfiltered) == 30
+    )  # the same stream: the first 30 collide
+    train = passages.training_questions(60, OPTS.passages, seed=123, prefix="k", held_out=held_out)
+    assert len(train) == 60 and not any(passages.question_key(q) in keys for q in train)
     # A reordered passage is the same question.
     q = held_out[0]
-    shuffled = " ".join(reversed(T.passage_sentences(q.source)))
-    assert T.question_key(dataclasses.replace(q, source=shuffled)) in keys
+    shuffled = " ".join(reversed(passages.passage_sentences(q.source)))
+    assert passages.question_key(dataclasses.replace(q, source=shuffled)) in keys
     # The transcripts it yields are labelled with the truth and come from these questions only.
     views, labels = T.judge_training_views(train[:5], OPTS, {"debate": P.Schedule(2), "consultancy":
                                            P.Schedule(2)}, P.Budget(max_evidence=1), 0, blind=False)  # fmt: skip
@@ -392,10 +401,10 @@ def test_the_retraining_stage_trains_only_on_training_questions_and_is_measured_
 
     tracker = Tracker()
     T.run(RunContext(typed, options, tmp_path, tracker, _mesh()))
-    held_out = {T.question_key(q) for q in made["e"]}
+    held_out = {passages.question_key(q) for q in made["e"]}
     assert len(held_out) == 8 and len(retrain_sets) >= 2
     for questions in retrain_sets:
-        assert questions and not any(T.question_key(q) in held_out for q in questions)
+        assert questions and not any(passages.question_key(q) in held_out for q in questions)
         assert all(q.id.startswith("k") for q in questions)
     # Initial fit on the random-quoter data; each round: random-quoter part + the pool of debater
     # transcripts so far (6 per question: debate and consultancy honest/dishonest, both orders).
@@ -410,7 +419,7 @@ def test_the_retraining_stage_trains_only_on_training_questions_and_is_measured_
 
 
 def test_seat_rewards_pay_each_side_the_judges_probability_of_its_answer():
-    q = T.make_questions(1, OPTS, seed=5)[0]
+    q = passages.make_questions(1, OPTS.passages, seed=5)[0]
     rnd = T.random_quoter(0)
     outcomes = P.debate([q], rnd, rnd, lambda v: np.full(len(v), 0.8), P.QuoteChannel(), P.Schedule(2))
     rewards = T.seat_rewards(outcomes, {q.id: q}, "prob")
@@ -471,6 +480,7 @@ def test_a_tiny_run_writes_every_protocol_before_and_after_training_with_interva
         assert r["n"] == (96 if method == "consultancy" else 48), method  # both orders (x honest/dishonest)
         assert r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9
     assert acc[("oracle judge", "after")]["value"] == 1.0
+    assert all(r["evidence_per_side"] == 1 and r["evidence_unit"] == "quote" for r in acc.values())
     split = {r["metric"]: r for r in rows if r.get("method") == "consultancy" and r.get("stage") == "after"}
     mean = (split["debate/accuracy_honest"]["value"] + split["debate/accuracy_dishonest"]["value"]) / 2
     assert acc[("consultancy", "after")]["value"] == pytest.approx(mean)
@@ -500,7 +510,15 @@ def test_a_tiny_run_writes_every_protocol_before_and_after_training_with_interva
 
 
 def _words() -> list[str]:
-    words = {*T.NAMES, *T.CITIES, *" ".join(T.RELATIONS).split(), "which", "city", "It", "is"}
+    words = {
+        *passages.NAMES,
+        *passages.CITIES,
+        *" ".join(passages.RELATIONS).split(),
+        "which",
+        "city",
+        "It",
+        "is",
+    }
     words |= {"D", "C", "p", "f", "v", "u", "m", "o"}  # protocol, provenance, verification, quoter marks
     return sorted(words) + [".", "?", "|", ".|", "[", "]", "||", ">"]
 
@@ -545,8 +563,8 @@ def test_debaters_and_judge_from_a_tiny_imported_checkpoint_play_the_protocols(t
     j_cfg = build_model_config(ModelConfig(checkpoint=str(ckpt), scalar_heads=["judge"]), tok)
     jg, js, _ = init_train_state(j_cfg, tx, 1, mesh, rules)
     model_graphdef, model_state = nnx.split(nnx.merge(jg, js)[0])
-    judge = T.LearnedJudge(model_graphdef, model_state, tok, judge_len, 2)
-    qs = T.make_questions(6, opts, seed=0)
+    judge = T.QuoteJudge(model_graphdef, model_state, tok, judge_len, 2)
+    qs = passages.make_questions(6, opts.passages, seed=0)
     ch, budget = P.QuoteChannel(), P.Budget(max_evidence=1)
     d = P.debate(qs, policy, policy, judge, ch, P.Schedule(2), budget)
     c = P.consultancy(qs, policy, judge, ch, P.Schedule(2), budget)
@@ -562,7 +580,7 @@ def test_the_cli_runs_with_a_tiny_imported_hugging_face_checkpoint(tmp_path):
     ckpt = tmp_path / "hf"
     _tiny_hf_checkpoint(ckpt)
     tok = load_tokenizer(str(ckpt))
-    q = T.make_questions(1, OPTS, seed=0)[0]
+    q = passages.make_questions(1, OPTS.passages, seed=0)[0]
     view = P.AgentView(q.question, q.answers, 1 - q.correct, q.source, (), (q.correct,))
     texts = [T.policy_text(view, c) for c in T.candidates(view)]
     turn = P.Turn(0, q.correct, "", (P.Evidence("quote", T.candidates(view)[0], True),))

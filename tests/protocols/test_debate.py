@@ -1,40 +1,15 @@
-"""The debate protocol engine: evidence verification, turn order, position swap, budgets, metrics, Elo."""
-
-import math
+"""The debate engine: evidence in transcripts, turn order, both answer orders, information asymmetry,
+consultancy assignments, budgets."""
 
 import numpy as np
 import pytest
 
-from experiments.debate import protocol as P
+from oversight import protocols as P
 
 PASSAGE = (
     "The lighthouse keeper, Mara Quell, logged 14 storms in 1893. "
     "Her “storm book” was kept in the north tower; it burned in 1901."
 )
-
-
-# ---------------------------------------------------------------------------------------------- quotes
-
-
-def test_verbatim_quote_is_verified_despite_case_whitespace_and_punctuation():
-    assert P.verify_quote("logged 14 storms in 1893", PASSAGE)
-    assert P.verify_quote("  LOGGED   14\nstorms in 1893!! ", PASSAGE)
-    assert P.verify_quote('Her "storm book" was kept', PASSAGE)  # straight vs curly quotes
-    assert P.verify_quote("north tower it burned", PASSAGE)  # ';' dropped
-    assert P.verify_quote("Mara Quell logged", PASSAGE)  # ',' dropped
-
-
-def test_paraphrase_or_altered_quote_is_unverified():
-    assert not P.verify_quote("Mara Quell recorded 14 storms in 1893", PASSAGE)  # paraphrase
-    assert not P.verify_quote("logged 15 storms in 1893", PASSAGE)  # one number changed
-    assert not P.verify_quote("storms in 1893 logged 14", PASSAGE)  # reordered
-    assert not P.verify_quote("ark", PASSAGE)  # inside "Mara": whole words only
-    assert not P.verify_quote(" ... ", PASSAGE)  # nothing left after normalising
-
-
-def test_normalise_rejects_non_text():
-    with pytest.raises(TypeError, match="normalise expects a string"):
-        P.normalise(14)
 
 
 def _quoting(*quotes):
@@ -204,19 +179,6 @@ def test_budgets_drop_extra_evidence_and_truncate_arguments():
     assert len(turn.argument) == 40 - len("logged 14 storms") and turn.truncated_chars == 100 - 24
 
 
-def test_pixel_channel_reads_true_values_and_rejects_bad_requests():
-    image = np.array([[0.0, 0.5], [1.0, 0.0]])
-    ch = P.PixelChannel()
-    assert ch.check(image, 2) == P.Evidence("pixel", (2, 1.0), True)
-    with pytest.raises(ValueError, match="pixel request 4 is outside the image's 4 pixels"):
-        ch.check(image, 4)
-    with pytest.raises(ValueError, match="pixel request 0 names a zero pixel"):
-        ch.check(image, 0)
-    assert P.PixelChannel(nonzero_only=False).check(image, 0).content == (0, 0.0)
-    with pytest.raises(TypeError, match="integer index"):
-        ch.check(image, "2")
-
-
 def test_bad_judge_outputs_fail_naming_the_protocol():
     q = P.Question("s", ("a", "b"), correct=0)
     with pytest.raises(ValueError, match="blind: the judge returned 1 probabilities for 2 games"):
@@ -225,61 +187,3 @@ def test_bad_judge_outputs_fail_naming_the_protocol():
         P.blind([q], lambda views: [1.5, 0.5])
     with pytest.raises(ValueError, match="2 answers"):
         P.Question("s", ("a", "b", "c"), correct=0)
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def test_log_score_brier_and_ece_match_hand_computed_values():
-    assert P.log_score([0.5, 1.0, 0.25]) == pytest.approx((-1 + 0 - 2) / 3)
-    assert P.log_score([math.e**-1], base=math.e) == pytest.approx(-1.0)
-    assert P.log_score([0.0]) == pytest.approx(math.log2(1e-12))  # clipped, finite
-    assert P.brier_score([0.5, 1.0, 0.25]) == pytest.approx((0.25 + 0 + 0.5625) / 3)
-    # Bin 0.9: accuracy 1/2 vs confidence 0.9; bin 0.6: accuracy 1 vs 0.6; each bin holds half the items.
-    assert P.expected_calibration_error([0.9, 0.9, 0.6, 0.6], [1, 0, 1, 1]) == pytest.approx(
-        0.5 * 0.4 + 0.5 * 0.4
-    )
-    assert P.expected_calibration_error([0.75, 0.75, 0.75, 0.75], [1, 1, 1, 0]) == pytest.approx(0.0)
-    assert P.expected_calibration_error([1.0], [1]) == pytest.approx(0.0)  # confidence 1 falls in the top bin
-    with pytest.raises(ValueError, match="differ in shape"):
-        P.expected_calibration_error([0.5, 0.6], [1])
-
-
-def test_protocol_rows_carry_intervals_and_splits():
-    questions = [P.Question("s", ("x", "y"), correct=0, id=i) for i in range(20)]
-    p = iter(np.linspace(0.05, 0.95, 40))
-    outcomes = P.blind(questions, lambda views: [next(p) for _ in views])
-    rows = {r["metric"]: r for r in P.protocol_rows("debate", outcomes, n_resamples=200, protocol="blind")}
-    acc = rows["debate/accuracy"]
-    assert acc["n"] == 40 and acc["protocol"] == "blind"
-    assert acc["value"] == pytest.approx(np.mean([o.correct for o in outcomes]))
-    for name in ("log_score", "brier", "ece", "accuracy_answer_order_ab", "accuracy_answer_order_ba"):
-        r = rows[f"debate/{name}"]
-        assert r["ci_low"] <= r["value"] <= r["ci_high"], name
-    assert rows["debate/log_score"]["value"] == pytest.approx(P.log_score(outcomes))
-
-
-def test_elo_recovers_a_synthetic_tournaments_strengths():
-    truth = {"a": 1200.0, "b": 1400.0, "c": 1500.0, "d": 1750.0}
-    rng = np.random.default_rng(0)
-    matches = []
-    for x in truth:
-        for y in truth:
-            if x < y:
-                games = 400
-                wins = rng.binomial(games, P.elo_win_probability(truth[x], truth[y]))
-                matches.append((x, y, wins / games, games))
-    fitted = P.fit_elo(matches)
-    assert sorted(fitted, key=fitted.get) == ["a", "b", "c", "d"]
-    assert np.mean(list(fitted.values())) == pytest.approx(1500.0)
-    for x in truth:
-        for y in truth:
-            assert fitted[x] - fitted[y] == pytest.approx(truth[x] - truth[y], abs=40)
-
-
-def test_elo_stays_finite_when_a_player_wins_everything_and_rejects_bad_scores():
-    fitted = P.fit_elo([("strong", "weak", 1.0, 50), ("weak", "mid", 0.5, 50)])
-    assert all(np.isfinite(list(fitted.values())))
-    assert fitted["strong"] > fitted["mid"] > fitted["weak"] - 1e-6
-    with pytest.raises(ValueError, match=r"scores must lie in \[0, 1\]"):
-        P.fit_elo([("a", "b", 1.5, 1)])
