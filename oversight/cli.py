@@ -3,6 +3,7 @@
 oversight experiment=sft seed=1 model=small       # one run, folder under runs/
 oversight -m experiment=sft seed=0,1               # a sweep, folders under multirun/
 oversight --list-experiments                       # what is installed
+oversight report runs/results --output docs/results.md   # Markdown tables over seeds from run folders
 """
 
 from __future__ import annotations
@@ -127,6 +128,43 @@ def _hydra_job(cfg: DictConfig) -> None:
         run_from_config(cfg, Path(hc.runtime.output_dir), group=group)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    from oversight.report import run_digest
+
+    digest = run_digest(
+        Path(hc.runtime.output_dir),
+        description=get_experiment(cfg.experiment.name).description,
+        choices=dict(hc.runtime.choices),
+    )
+    if digest:
+        print(digest, flush=True)
+
+
+def report_command(argv: list[str]) -> None:
+    """`oversight report FOLDER... [--output FILE]`: Markdown results tables over seeds (oversight/report.py)."""
+    import argparse
+
+    from oversight.report import report
+
+    parser = argparse.ArgumentParser(
+        prog="oversight report",
+        description="Markdown results tables, one per experiment and setting, over the seeds of the run "
+        "folders (config.yaml + results.jsonl) found at or below the given folders.",
+    )
+    parser.add_argument("folders", nargs="+", help="run or sweep folders, searched recursively")
+    parser.add_argument("--output", "-o", help="write the Markdown here instead of printing it")
+    args = parser.parse_args(argv)
+    output = ["--output", args.output] if args.output else []
+    command = " ".join(["oversight", "report", *args.folders, *output])
+    try:
+        text = report(args.folders, command=command)
+    except FileNotFoundError as e:
+        sys.exit(f"oversight report: {e}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
 
 
 def keep_freed_memory() -> bool:
@@ -150,6 +188,9 @@ def keep_freed_memory() -> bool:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:  # before Hydra, which would take `report` for an override
+        report_command(sys.argv[2:])
+        return
     keep_freed_memory()
     if "--list-experiments" in sys.argv[1:]:
         for name, exp in sorted(available_experiments().items()):

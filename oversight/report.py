@@ -1,0 +1,511 @@
+"""Results as code: Markdown tables of every experiment's results over seeds, built from run folders.
+
+    oversight report runs/results                            # print
+    oversight report runs/results --output docs/results.md   # write the file
+
+A run folder is any folder holding `config.yaml` and `results.jsonl`. Runs are grouped by experiment and by the
+config values they differ in other than the seed (a sweep over model sizes gives one table per size). Each
+table is headed by the command that reproduces it (rebuilt from the runs' `.hydra/overrides.yaml`), the git
+commits, dates and machine from `run_info.json`, and has one row per measured quantity: the mean over seeds
+with a Student-t 95% interval over the seeds' values, the value of each seed, and, where there is one seed
+only, that run's own interval over its examples.
+
+Pipeline of pure functions: `load_runs` -> `group_runs` -> `aggregate` -> `render`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from scipy import stats
+
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.jsonl"
+RUN_INFO_FILE = "run_info.json"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+SWEEP_FILE = "multirun.yaml"  # Hydra writes it at the top of a sweep folder
+# Columns every results row has; any other column says what was measured (method, N, level, arm, ...).
+ROW_COLUMNS = ("metric", "value", "ci_low", "ci_high", "n")
+# Config keys that do not set runs apart: the seed is what a table aggregates over, and the tracker decides
+# where results are logged, not what they are.
+NOT_A_SETTING = ("seed", "tracker.")
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Run:
+    folder: Path
+    experiment: str
+    seed: int | None
+    # resolved config, flattened to dotted keys
+    config: dict[str, Any]
+    # the command-line overrides the run was started with (Hydra's `.hydra/overrides.yaml`)
+    overrides: tuple[str, ...]
+    # run_info.json: git commit, start time, machine
+    info: dict[str, Any]
+    # rows of results.jsonl
+    results: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs of one experiment with the same config apart from the seed."""
+
+    experiment: str
+    # the config values that set this group apart from the experiment's other groups
+    settings: dict[str, Any]
+    runs: tuple[Run, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured quantity of a group, over its seeds."""
+
+    metric: str
+    # the columns that say which quantity this is (method, N, level, arm, ...)
+    labels: dict[str, Any]
+    # one entry per run of the group (seed order); None where that run did not measure it
+    values: tuple[float | None, ...]
+    n: tuple[int | None, ...]
+    # the run's own interval, kept for a quantity measured by one run only
+    within: tuple[float | None, float | None]
+
+    @property
+    def measured(self) -> list[float]:
+        return [v for v in self.values if v is not None and math.isfinite(v)]
+
+
+# --- load ----------------------------------------------------------------------------------------------
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= _flatten(value, f"{prefix}{key}.")
+    return flat
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
+
+
+def find_run_folders(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every folder at or below `paths` holding both `config.yaml` and `results.jsonl`, in path order."""
+    folders: set[Path] = set()
+    for root in map(Path, paths):
+        if not root.exists():
+            raise FileNotFoundError(f"no such folder: {root}")
+        candidates = [root / RESULTS_FILE, *root.rglob(RESULTS_FILE)]
+        folders |= {p.parent for p in candidates if p.is_file() and (p.parent / CONFIG_FILE).is_file()}
+    return sorted(folders)
+
+
+def _read_results(path: Path) -> tuple[dict[str, Any], ...]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON object ({e.msg})") from e
+    return tuple(rows)
+
+
+def load_run(folder: Path) -> Run:
+    config = _flatten(OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE), resolve=True))
+    info_path = folder / RUN_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    overrides_path = folder / OVERRIDES_FILE
+    if overrides_path.is_file():
+        overrides = tuple(OmegaConf.to_container(OmegaConf.load(overrides_path)))
+    else:  # not started through Hydra: the command line as recorded, less the program and its flags
+        overrides = tuple(a for a in info.get("command", [])[1:] if not a.startswith("-"))
+    seed = config.get("seed", info.get("seed"))
+    return Run(
+        folder=folder,
+        experiment=str(config.get("experiment.name", "?")),
+        seed=None if seed is None else int(seed),
+        config=config,
+        overrides=overrides,
+        info=info,
+        results=_read_results(folder / RESULTS_FILE),
+    )
+
+
+def load_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:
+    """Every run at or below `paths`; FileNotFoundError when there is none."""
+    paths = list(paths)
+    folders = find_run_folders(paths)
+    if not folders:
+        raise FileNotFoundError(
+            f"no run folders (with {CONFIG_FILE} and {RESULTS_FILE}) under {', '.join(map(str, paths))}"
+        )
+    return [load_run(f) for f in folders]
+
+
+# --- group ---------------------------------------------------------------------------------------------
+
+
+def _is_setting(key: str) -> bool:
+    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_A_SETTING)
+
+
+def _order(value: Any) -> tuple:
+    """Sort key: numbers by value (64 before 128), before anything else by its text."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return (0, value, "") if is_number else (1, 0, str(value))
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Runs grouped by experiment and by the config values they differ in other than the seed; groups in
+    order of experiment name, then settings; runs in seed order."""
+    groups = []
+    for experiment in sorted({r.experiment for r in runs}):
+        mine = [r for r in runs if r.experiment == experiment]
+        keys = sorted({k for r in mine for k in r.config if _is_setting(k)})
+        varying = [k for k in keys if len({_hashable(r.config.get(k)) for r in mine}) > 1]
+        by_settings: dict[tuple, list[Run]] = {}
+        for run in mine:
+            by_settings.setdefault(tuple(_hashable(run.config.get(k)) for k in varying), []).append(run)
+        for key in sorted(by_settings, key=lambda t: [_order(v) for v in t]):
+            members = sorted(by_settings[key], key=lambda r: (r.seed is None, r.seed or 0, str(r.folder)))
+            groups.append(Group(experiment, dict(zip(varying, key, strict=True)), tuple(members)))
+    return groups
+
+
+# --- aggregate -----------------------------------------------------------------------------------------
+
+
+def seed_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t interval for the mean of per-seed values (NaN bounds below 2 values)."""
+    x = np.asarray(values, np.float64)
+    if len(x) == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return (mean, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return (mean, mean - half, mean + half)
+
+
+def _label_columns(per_run: list[list[dict[str, Any]]]) -> list[str]:
+    """The columns that say which quantity a row is: those taking the same set of values in every run (N in
+    {1, 4, 64}, arm, level). A column whose values change from seed to seed is a measurement (the largest
+    number of checks used), not a label. Falls back to every column when that leaves two rows alike."""
+    present = [rows for rows in per_run if rows]
+    columns = sorted({c for rows in present for r in rows for c in r if c not in ROW_COLUMNS})
+    value_sets = {c: [frozenset(_hashable(r.get(c)) for r in rows) for rows in present] for c in columns}
+    labels = [c for c in columns if all(s == value_sets[c][0] for s in value_sets[c])]
+    for chosen in (labels, columns):
+        if all(
+            len({tuple(_hashable(r.get(c)) for c in chosen) for r in rows}) == len(rows) for rows in present
+        ):
+            return chosen
+    return columns
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def aggregate(group: Group) -> list[Row]:
+    """One row per measured quantity (metric and label columns), in the order the first run wrote them."""
+    metrics = list(dict.fromkeys(r["metric"] for run in group.runs for r in run.results))
+    out = []
+    for metric in metrics:
+        per_run = [[r for r in run.results if r["metric"] == metric] for run in group.runs]
+        labels = _label_columns(per_run)
+        keys: dict[tuple, dict[str, Any]] = {}
+        for rows in per_run:
+            for r in rows:
+                keys.setdefault(tuple(_hashable(r.get(c)) for c in labels), {c: r.get(c) for c in labels})
+        for key, label_values in keys.items():
+            found = [
+                next((r for r in rows if tuple(_hashable(r.get(c)) for c in labels) == key), None)
+                for rows in per_run
+            ]
+            values = tuple(None if r is None else _number(r.get("value")) for r in found)
+            ns = tuple(None if r is None or r.get("n") is None else int(r["n"]) for r in found)
+            only = [r for r in found if r is not None]
+            within = (
+                (_number(only[0].get("ci_low")), _number(only[0].get("ci_high")))
+                if len(only) == 1
+                else (None, None)
+            )
+            shown = {c: v for c, v in label_values.items() if v is not None}
+            out.append(Row(metric, shown, values, ns, within))
+    return out
+
+
+# --- the command that reproduces a set of runs ---------------------------------------------------------
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key, value
+
+
+def _is_seed(key: str) -> bool:
+    return key.lstrip("+~") == "seed"
+
+
+def reproduce_command(runs: Sequence[Run], *, extra: Sequence[str] = ()) -> str:
+    """The `oversight` command that makes `runs` again: their overrides with every value a run used, lists
+    comma-joined as a Hydra sweep (`-m`) when there are several runs. Runs whose overrides are not the product
+    of those lists (a sweep, then single runs on top) get one command per line instead."""
+    per_run = []
+    for run in runs:
+        pairs = [_split(o) for o in run.overrides if not o.lstrip("+~").startswith("hydra.")]
+        if not any(k.lstrip("+") == "experiment" for k, _ in pairs):
+            pairs.insert(0, ("experiment", run.experiment))
+        if not any(_is_seed(k) for k, _ in pairs) and run.seed is not None:
+            pairs.append(("seed", str(run.seed)))
+        per_run.append(dict(pairs))
+    keys = list(dict.fromkeys(k for d in per_run for k in d))
+    keys.sort(key=lambda k: (k.lstrip("+") != "experiment", _is_seed(k)))  # experiment first, seed last
+    values = {k: list(dict.fromkeys(d.get(k) for d in per_run)) for k in keys}
+    for k in keys:
+        if _is_seed(k) and None not in values[k]:
+            values[k].sort(
+                key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else v)
+            )
+    distinct = {tuple(d.get(k) for k in keys) for d in per_run}
+    is_product = all(None not in v for v in values.values()) and math.prod(map(len, values.values())) == len(
+        distinct
+    )
+    if not is_product:
+        return "\n".join(reproduce_command([r], extra=extra) for r in runs)
+    words = ["oversight", *(["-m"] if len(distinct) > 1 else [])]
+    words += [f"{k}={','.join(values[k])}" for k in keys] + list(extra)
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def regenerate_commands(runs: Sequence[Run]) -> list[str]:
+    """Commands that remake every run in its own folder: one `-m` command per sweep folder (the folder Hydra
+    wrote `multirun.yaml` in) with its `hydra.sweep.dir`, and one command per run started on its own."""
+    sweeps: dict[Path, list[Run]] = {}
+    singles = []
+    for run in runs:
+        if (run.folder.parent / SWEEP_FILE).is_file():
+            sweeps.setdefault(run.folder.parent, []).append(run)
+        else:
+            singles.append(run)
+    commands = [
+        reproduce_command(sorted(members, key=lambda r: str(r.folder)), extra=[f"hydra.sweep.dir={folder}"])
+        for folder, members in sorted(sweeps.items())
+    ]
+    commands += [reproduce_command([r], extra=[f"hydra.run.dir={r.folder}"]) for r in singles]
+    return commands
+
+
+# --- render --------------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    """A number as the tables print it: 3 decimals, 3 significant digits below 0.01, 1 decimal from 1000."""
+    if value is None:
+        return "–"
+    if not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if value == 0 or 0.01 <= abs(value) < 1000:
+        return f"{value:.3f}"
+    return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return (
+        "–"
+        if low is None or high is None or math.isnan(low) or math.isnan(high)
+        else f"[{fmt(low)}, {fmt(high)}]"
+    )
+
+
+def _quantity(row: Row) -> str:
+    labels = ", ".join(f"{k}={v}" for k, v in row.labels.items())
+    return f"`{row.metric}`" + (f" ({labels})" if labels else "")
+
+
+def _ns(ns: Sequence[int | None]) -> str:
+    known = sorted({n for n in ns if n is not None})
+    if not known:
+        return "–"
+    return str(known[0]) if len(known) == 1 else f"{known[0]}–{known[-1]}"
+
+
+def _provenance(runs: Sequence[Run]) -> str:
+    commits = []
+    for run in runs:
+        commit = run.info.get("git_commit")
+        label = (
+            "unknown"
+            if not commit
+            else commit[:7] + (" (uncommitted changes)" if run.info.get("git_dirty") else "")
+        )
+        commits.append(label)
+    dates = sorted({str(r.info.get("start_time_utc", ""))[:10] for r in runs} - {""})
+    machines = list(
+        dict.fromkeys(str(r.info.get("cpu") or r.info.get("platform") or "not recorded") for r in runs)
+    )
+    has_cpu = any(r.info.get("cpu") for r in runs)
+    parts = [
+        "commit " + ", ".join(dict.fromkeys(commits)),
+        "started " + (", ".join(dates) if dates else "on an unrecorded date"),
+        ("CPU " if has_cpu else "machine ") + "; ".join(machines),
+    ]
+    return "; ".join(parts)
+
+
+def _folders(runs: Sequence[Run]) -> str:
+    folders = [str(r.folder) for r in runs]
+    if len(folders) == 1:
+        return f"`{folders[0]}`"
+    parent = os.path.commonpath(folders)
+    names = [os.path.relpath(f, parent) for f in folders]
+    return f"`{parent}/` {{{', '.join(names)}}}"
+
+
+def _seeds(runs: Sequence[Run]) -> str:
+    return ", ".join("?" if r.seed is None else str(r.seed) for r in runs)
+
+
+def common_labels(rows: Sequence[Row]) -> tuple[dict[str, Any], list[Row]]:
+    """The label columns every row has with the same value (the task, its difficulty), and the rows without
+    them: said once above a table instead of on each row."""
+    if not rows:
+        return {}, list(rows)
+    shared = {k: v for k, v in rows[0].labels.items() if all(r.labels.get(k, object()) == v for r in rows)}
+    stripped = [
+        Row(r.metric, {k: v for k, v in r.labels.items() if k not in shared}, r.values, r.n, r.within)
+        for r in rows
+    ]
+    return shared, stripped
+
+
+def render_group(group: Group, rows: Sequence[Row]) -> str:
+    runs = group.runs
+    shared, rows = common_labels(rows)
+    title = group.experiment
+    if group.settings:
+        title += " — " + ", ".join(f"{k}={v}" for k, v in group.settings.items())
+    seeds = [r.seed for r in runs]
+    lines = [
+        f"### {title}",
+        "",
+        "```bash",
+        reproduce_command(runs),
+        "```",
+        "",
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''} (seed {_seeds(runs)}); {_provenance(runs)}; "
+        f"folders {_folders(runs)}.",
+    ]
+    if shared:
+        lines[-1] += " Every row: " + ", ".join(f"{k}={v}" for k, v in shared.items()) + "."
+    if len(set(seeds)) < len(seeds):
+        lines.append("**Note:** some seeds occur in more than one run; each run counts once below.")
+    lines += [
+        "",
+        f"| quantity | seeds | mean | 95% interval | per seed ({_seeds(runs)}) | n per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        k = len(row.measured)
+        if k == 1:
+            mean, interval = fmt(row.measured[0]), _interval(*row.within)
+            interval = interval + " within run" if interval != "–" else interval
+        else:
+            mean, low, high = seed_interval(row.measured)
+            mean, interval = fmt(mean), _interval(low, high)
+        per_seed = ", ".join(fmt(v) for v in row.values)
+        lines.append(f"| {_quantity(row)} | {k} | {mean} | {interval} | {per_seed} | {_ns(row.n)} |")
+    return "\n".join(lines) + "\n"
+
+
+INTERVALS = (
+    "**How to read the tables.** *mean*: the mean of the seeds' values. *95% interval*: a Student-t interval "
+    "for that mean over the seeds' values (between-seed: each run counts once, whatever its n); for a quantity "
+    "measured by one run only, that run's own 95% interval over its examples (Wilson or bootstrap, as its "
+    "`results.jsonl` gives it), marked *within run*. *n per run*: the examples each run measured it on. "
+    "Single seeds move with float rounding (CPU, library versions, any change that reorders sums) about as "
+    "much as one seed differs from another, so compare means over seeds, not single runs."
+)
+
+
+def render(groups: Sequence[Group], *, command: str | None = None) -> str:
+    """The whole Markdown document: how to regenerate it, what it covers, one table per group."""
+    runs = [r for g in groups for r in g.runs]
+    experiments = list(dict.fromkeys(g.experiment for g in groups))
+    lines = ["# Results", ""]
+    lines.append(
+        "Generated from run folders by `oversight report` (`oversight/report.py`); do not edit by hand. "
+        f"Covers: {', '.join(f'`{e}`' for e in experiments)}. To regenerate it, run"
+    )
+    lines += ["", "```bash", *regenerate_commands(runs)]
+    if command:
+        lines.append(command)
+    lines += ["```", "", INTERVALS, ""]
+    for experiment in experiments:
+        lines += [f"## {experiment}", ""]
+        for group in (g for g in groups if g.experiment == experiment):
+            lines += [render_group(group, aggregate(group))]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def report(paths: Iterable[str | os.PathLike], *, command: str | None = None) -> str:
+    """Markdown results tables of every run at or below `paths`."""
+    return render(group_runs(load_runs(paths)), command=command)
+
+
+def run_digest(
+    run_dir: Path, *, description: str = "", choices: dict[str, str] | None = None, limit: int = 12
+) -> str:
+    """What a finished run prints last: the experiment and what it measures, what it ran on, its results with
+    their 95% intervals, and where they are. Empty where the run wrote no results (e.g. not process 0)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULTS_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
+        return ""
+    run = load_run(run_dir)
+    shared, rows = common_labels([_as_row(r) for r in run.results if r.get("value") is not None])
+    setup = [f"seed {run.seed}"]
+    setup += [f"{g}={choices[g]}" for g in ("task", "model") if choices and g in choices]
+    setup += [f"{k}={v}" for k, v in shared.items() if not (choices and k in choices)]
+    lines = [
+        f"{run.experiment} finished" + (f": {description}" if description else ""),
+        "Run: " + ", ".join(setup),
+    ]
+    names = [_quantity(row).replace("`", "") for row in rows[:limit]]
+    width = max(map(len, names), default=0)
+    for name, row in zip(names, rows[:limit], strict=False):
+        interval = _interval(*row.within)
+        interval = f"95% interval {interval}" if interval != "–" else ""
+        lines.append(f"  {name:{width}}  {fmt(row.values[0]):>7}  {interval:30}  n={_ns(row.n)}".rstrip())
+    if len(rows) > limit:
+        lines.append(f"  ... and {len(rows) - limit} more rows")
+    table_of = run_dir.parent if (run_dir.parent / SWEEP_FILE).is_file() else run_dir
+    lines.append(
+        f"Results: {run_dir / RESULTS_FILE} (per-step metrics: metrics.jsonl, next to it). "
+        f"As a Markdown table: oversight report {table_of}"
+    )
+    return "\n".join(lines)
+
+
+def _as_row(r: dict[str, Any]) -> Row:
+    labels = {c: v for c, v in r.items() if c not in ROW_COLUMNS and v is not None}
+    n = None if r.get("n") is None else int(r["n"])
+    return Row(
+        r["metric"],
+        labels,
+        (_number(r.get("value")),),
+        (n,),
+        (_number(r.get("ci_low")), _number(r.get("ci_high"))),
+    )
