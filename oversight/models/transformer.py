@@ -1,14 +1,14 @@
 """Decoder-only transformer in Flax NNX: the GPT-2 and Llama families, LM and scalar heads, KV cache.
 
 Shapes: B batch, T new tokens, S key/value slots (T without a cache, the cache length with one),
-D model width, H query heads, K key/value heads, G = H // K heads per group, E head width, F MLP width,
+D model width, H query heads, K key/value heads, E head width, F MLP width,
 V vocabulary. Every parameter carries logical axis names (`out_sharding` metadata); the parallel layer maps
-them onto a mesh, so this file never names one.
+them onto a mesh, so this file never names one. Weight products and attention go through `kernels`: plain JAX,
+or on CPU kernels tuned for XLA there.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -16,23 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from oversight.models import kernels
 from oversight.models.config import ModelConfig
-
-_MASKED = -1e30  # finite, so fully masked rows (left padding) give uniform attention rather than NaN
-# Without a cache, attention runs in up to this many query blocks of at least this many rows; each block
-# attends only to the keys up to its last row (the rest are causally masked), see `causal_blocks`.
-_MAX_CAUSAL_BLOCKS = 4
-_MIN_CAUSAL_BLOCK = 64
-
-
-def causal_blocks(t: int) -> list[tuple[int, int]]:
-    """The query rows [start, end) of each causal attention block of a T-token forward pass (no cache).
-
-    Block [start, end) needs keys [0, end) only. Four blocks compute 10/16 of the full score matrix (the
-    attention core of W4 `small`, forward and backward, -28% on the 2-core CPU); rows of fewer than 64 cost
-    more in small products than they save."""
-    n = max(1, min(_MAX_CAUSAL_BLOCKS, t // _MIN_CAUSAL_BLOCK))
-    return [(t * j // n, t * (j + 1) // n) for j in range(n)]
 
 
 def _param(value: jax.Array, names: tuple[str | None, ...]) -> nnx.Param:
@@ -65,93 +50,9 @@ class KVCache(NamedTuple):
         )
 
 
-@jax.custom_vjp
-def materialized_cotangent(x: jax.Array) -> jax.Array:
-    """Identity whose backward pass has XLA compute the incoming gradient once, into its own buffer.
-
-    The residual stream's gradient at a block boundary is the sum of every later block's contribution. For
-    small training batches XLA on CPU treats that sum as cheap elementwise work and fuses a fresh copy of it
-    into each consumer, quadratic in depth (a W3 PPO minibatch of `small`: fusions summing up to 72 terms,
-    19% of the update). A conditional cannot be fused, so a gradient passing through one is computed once.
-    Its predicate is data, which XLA cannot fold; both branches return the gradient unchanged.
-    """
-    return x
-
-
-def _materialized_fwd(x):
-    return x, None
-
-
-def _materialized_bwd(_, g):
-    first = g.reshape(-1)[0]
-    return (jax.lax.cond(first == first, lambda g: g, lambda g: g * 1.0, g),)  # false only for a NaN
-
-
-materialized_cotangent.defvjp(_materialized_fwd, _materialized_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dense(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
-    """x (..., I) @ w (I, O) -> (..., O), in `out_dtype` if given (the LM heads ask for float32 logits): every
-    weight product of the model (I, O: the input and output widths).
-
-    Autodiff gives the weight gradient as (g^T x)^T, a product followed by a transpose; XLA on CPU folds the
-    transpose into the product's operands and writes the activation gradient, and the activation, into
-    transposed layout to feed it (W3 `small` update: ~55 such copies a minibatch step; for the tied LM head, a
-    copy of the (B·T, V) logits gradient, 0.22 s of a 3.3 s `small` SFT step). The backward pass here computes
-    x^T g directly, reading both in their own layouts: W3 iterations 5-8% faster, W4 `small` steps 2-5%
-    (`tiny` within noise). A tied head passes the embedding transposed, `dense(h, embed.T)`: its gradient is
-    then (h^T g)^T, the transpose of a (D, V) product, not a transposed copy of g.
-    """
-    return jnp.einsum("...i,io->...o", x, w, preferred_element_type=out_dtype)
-
-
-def _dense_fwd(x, w, out_dtype):
-    return dense(x, w, out_dtype), (x, w)
-
-
-def _dense_bwd(out_dtype, residuals, g):  # g (..., O), in out_dtype
-    x, w = residuals
-    d_x = jnp.einsum("...o,io->...i", g, w.astype(g.dtype))  # (..., I)
-    d_w = jnp.einsum(
-        "mi,mo->io", x.reshape(-1, x.shape[-1]).astype(g.dtype), g.reshape(-1, g.shape[-1])
-    )  # (I, O)
-    return d_x.astype(x.dtype), d_w.astype(w.dtype)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
-
-
 def positions_from_mask(mask: jax.Array) -> jax.Array:
     """Position ids for left-padded rows: 0 at the first real token, counting real tokens only. (B, T)"""
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-
-
-@jax.custom_vjp
-def target_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log softmax(logits)[target]: logits (..., V) float32, integer targets (...) -> (...).
-
-    The value autodiff would give, with a hand-written gradient g (one_hot(target) - softmax(logits)): one
-    elementwise pass over the logits. Left to autodiff, the target's logit needs a one-hot product (a
-    gather's gradient is a scatter, ~15% of an SFT step on CPU), and XLA on CPU materialises that product and
-    the exponentials for its library reductions: three more (..., V)-sized passes."""
-    return _target_logprobs_fwd(logits, targets)[0]
-
-
-def _target_logprobs_fwd(logits, targets):
-    logz = jax.nn.logsumexp(logits, axis=-1)  # (...)
-    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # (...)
-    return target - logz, (logits, logz, targets)
-
-
-def _target_logprobs_bwd(residuals, g):  # g (...)
-    logits, logz, targets = residuals
-    one_hot = targets[..., None] == jnp.arange(logits.shape[-1])  # (..., V)
-    softmax = jnp.exp(logits - logz[..., None])
-    return g[..., None] * (one_hot.astype(logits.dtype) - softmax), None
-
-
-target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -205,19 +106,16 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, mask, cache_k=None, cache_v=None, cache_index=0):
         """x (B, T, D); positions (B, T); mask (B, T, S) bool, causal when there is no cache. Returns (B, T, D)
         and the updated cache."""
-        # Heads-major layout (B, heads, T, E) throughout: the attention matmuls then batch over (B, K) with no
-        # transposes, about 25% faster per attention layer on CPU than a (B, T, heads, E) layout.
         dtype = x.dtype
 
-        # The projections contract in the weights' own layout, then move the head axis: written as one einsum
-        # to (B, H, T, E), XLA on CPU computes it transposed and copies every weight matrix into transposed
-        # layout first, at every step of a decoding loop (`small`: 24 MB a step, sampling 15% slower).
+        # Heads-major (B, heads, T, E), as the KV cache. Contracting in the weights' own (D, heads·E) layout, then
+        # moving the head axis, spares XLA on CPU a transposed copy of every weight at every decoding step.
         def project(w):  # (D, heads, E) -> (B, heads, T, E)
             d, n, e = w.shape
-            y = dense(x, w[...].astype(dtype).reshape(d, n * e))  # (B, T, heads·E)
+            y = kernels.matmul(x, w[...].astype(dtype).reshape(d, n * e))  # (B, T, heads·E)
             return y.reshape(*y.shape[:2], n, e).transpose(0, 2, 1, 3)
 
-        q, k, v = project(self.wq), project(self.wk), project(self.wv)
+        q, k, v = project(self.wq), project(self.wk), project(self.wv)  # (B, H, T, E), 2 x (B, K, T, E)
         if self.bq is not None:
             q = q + self.bq[...].astype(dtype)[:, None]
             k = k + self.bk[...].astype(dtype)[:, None]
@@ -229,37 +127,11 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), slot)  # (B, K, S, E)
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), slot)
             cache_k, cache_v = k, v
-        b, h, t, e = q.shape
-        n_kv = k.shape[1]
-        # Grouped-query attention: G = H / K query heads share each key head, q (B, K, G, T, E). With one query
-        # head per key head there is no G axis: a unit G axis made XLA on CPU compute the value gradient in
-        # transposed layout (the attention core's forward and backward 28% slower).
-        grouped = n_kv < h
-        qa = "bkgt" if grouped else "bkt"  # the query's axes before E
-        if grouped:
-            q = q.reshape(b, n_kv, h // n_kv, t, e)
-        visible = mask[:, None, None] if grouped else mask[:, None]  # broadcasts over K (and G)
-
-        def attend(q, k, v, visible):  # q (B, K, [G,] T', E), k and v (B, K, S', E) -> (B, K, [G,] T', E)
-            scores = jnp.einsum(f"{qa}e,bkse->{qa}s", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
-            scores = jnp.where(visible, scores, _MASKED)  # (B, K, [G,] T', S')
-            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-            return jnp.einsum(f"{qa}s,bkse->{qa}e", probs, v)
-
-        if cache_k is None:  # S = T and the mask is causal (Transformer builds it so): skip masked key blocks
-            out = jnp.concatenate(
-                [
-                    attend(q[..., lo:hi, :], k[:, :, :hi], v[:, :, :hi], visible[..., lo:hi, :hi])
-                    for lo, hi in causal_blocks(t)
-                ],
-                axis=-2,
-            )
-        else:
-            out = attend(q, k, v, visible)
-        # Flattening (H, E) on both sides fixes the contraction order to wo's own layout: contracting the two
-        # axes as an einsum, XLA on CPU chose (E, H) order and copied every wo into it at every decoding step.
-        out = out.reshape(b, h, t, e).transpose(0, 2, 1, 3).reshape(b, t, h * e)  # (B, T, H·E)
-        y = dense(out, self.wo[...].astype(dtype).reshape(h * e, -1))  # (B, T, D)
+        out = kernels.attention(q, k, v, mask, causal=cache_k is None)  # (B, H, T, E)
+        b, h, t, e = out.shape
+        # (H, E) flattened on both sides: the product contracts in wo's own layout (else XLA on CPU copies wo).
+        out = out.transpose(0, 2, 1, 3).reshape(b, t, h * e)  # (B, T, H·E)
+        y = kernels.matmul(out, self.wo[...].astype(dtype).reshape(h * e, -1))  # (B, T, D)
         if self.bo is not None:
             y = y + self.bo[...].astype(dtype)
         return y, cache_k, cache_v
@@ -280,12 +152,12 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
-        h = dense(x, self.w_in[...].astype(dtype))  # (B, T, F)
+        h = kernels.matmul(x, self.w_in[...].astype(dtype))  # (B, T, F)
         if self.gated:
-            h = jax.nn.silu(dense(x, self.w_gate[...].astype(dtype))) * h
+            h = jax.nn.silu(kernels.matmul(x, self.w_gate[...].astype(dtype))) * h
         else:
             h = jax.nn.gelu(h + self.b_in[...].astype(dtype), approximate=True)  # GPT-2's "gelu_new"
-        y = dense(h, self.w_out[...].astype(dtype))  # (B, T, D)
+        y = kernels.matmul(h, self.w_out[...].astype(dtype))  # (B, T, D)
         return y if self.gated else y + self.b_out[...].astype(dtype)
 
 
@@ -343,7 +215,7 @@ class Transformer(nnx.Module):
         `kv_mask` (B, S) marks the key slots that hold real tokens. Without a cache S = T. With a cache of S
         slots, the T tokens are written at slots [cache_index, cache_index + T) and each attends to the real
         slots up to its own. `materialize_block_grads` passes the residual stream through
-        `materialized_cotangent` after every block: the same values, and for small training batches a
+        `kernels.materialize_grad` after every block: the same values, and on CPU for small training batches a
         faster backward pass (W3 `small` PPO update 5.4-6.0 -> 3.8-4.5 s); for W4's SFT batch it costs ~15%.
         """
         t = tokens.shape[1]
@@ -362,7 +234,7 @@ class Transformer(nnx.Module):
             cv = cache.v[i] if cache is not None else None
             x, ck, cv = block(x, positions, mask, ck, cv, cache_index)
             if materialize_block_grads:
-                x = materialized_cotangent(x)
+                x = kernels.materialize_grad(x)
             new_k.append(ck)
             new_v.append(cv)
         x = self.final_norm(x)
@@ -371,20 +243,13 @@ class Transformer(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head, float32 logits (B, T, V)."""
         w = self.embed[...].T if self.lm_head is None else self.lm_head[...]  # (D, V)
-        return dense(hidden, w.astype(hidden.dtype), jnp.float32)
+        return kernels.matmul(hidden, w.astype(hidden.dtype), jnp.float32)
 
     def next_token_logits(self, hidden: jax.Array) -> jax.Array:
-        """LM head at one position per row, as in a decoding step: hidden (B, D) -> float32 (B, V).
-
-        With a tied head and a few rows, XLA on CPU copies the whole (V, D) embedding into transposed layout for
-        the product, at every step. Computed vocabulary-major (V, B) behind an optimisation barrier (so XLA
-        cannot fold the transpose back in), the product reads the embedding as stored: `small`'s head 1.75 ->
-        1.27 ms a step; the (V, B) -> (B, V) transpose of the logits is a few microseconds."""
+        """LM head at one position per row, as in a decoding step: hidden (B, D) -> float32 (B, V)."""
         if self.lm_head is not None:
             return self.logits(hidden[:, None])[:, 0]
-        embed = self.embed[...].astype(hidden.dtype)
-        logits_vb = jnp.einsum("bd,vd->vb", hidden, embed, preferred_element_type=jnp.float32)  # (V, B)
-        return jax.lax.optimization_barrier(logits_vb).T
+        return kernels.tied_head_step(hidden, self.embed[...].astype(hidden.dtype))
 
     def scalar(self, hidden: jax.Array, head: str) -> jax.Array:
         """A scalar head (reward, value, discriminator…) at every position, float32 (B, T)."""

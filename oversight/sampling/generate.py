@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oversight.models.transformer import KVCache, Transformer, positions_from_mask, target_logprobs
+from oversight.models.kernels import target_logprobs
+from oversight.models.transformer import KVCache, Transformer, positions_from_mask
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from oversight.models.transformer import Transformer, positions_from_mask, target_logprobs
+from oversight.models.kernels import target_logprobs
+from oversight.models.transformer import Transformer, positions_from_mask
 from oversight.parallel import batch_sharding
 from oversight.training.loop import training_compiler_options
 from oversight.training.reward_model import reward_scores

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oversight.models.transformer import Transformer, positions_from_mask, target_logprobs
+from oversight.models.kernels import target_logprobs
+from oversight.models.transformer import Transformer, positions_from_mask
 
 
 def token_logprobs(model: Transformer, tokens: jax.Array, mask: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from oversight.models import transformer as T
+from oversight.models import kernels
 from oversight.models.hf_import import load_hf_checkpoint
 from oversight.models.transformer import positions_from_mask
 
@@ -168,15 +168,25 @@ def test_bfloat16_checkpoint(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_logits_parity_with_attention_in_causal_blocks(tmp_path, arch, monkeypatch):
-    """The block-skipping attention of long sequences (see `causal_blocks`), forced onto the 10-token batch:
-    3 query blocks, also across the left padding's fully masked rows."""
-    monkeypatch.setattr(T, "_MIN_CAUSAL_BLOCK", 3)
-    assert T.causal_blocks(LENGTH) == [(0, 3), (3, 6), (6, 10)]
+    """The CPU kernels' block-skipping attention of long sequences (see `kernels.causal_blocks`), forced onto
+    the 10-token batch: 3 query blocks, also across the left padding's fully masked rows."""
+    monkeypatch.setattr(kernels, "_MIN_CAUSAL_BLOCK", 3)
+    assert kernels.causal_blocks(LENGTH) == [(0, 3), (3, 6), (6, 10)]
     jax.clear_caches()  # `_forward` was compiled with one block by the tests above
     ref = make_reference(arch)
     ref.save_pretrained(tmp_path)
-    assert_parity(ref, load_hf_checkpoint(tmp_path), f"{arch}/causal-blocks")
+    with kernels.use_cpu_kernels(True):
+        assert_parity(ref, load_hf_checkpoint(tmp_path), f"{arch}/causal-blocks")
     jax.clear_caches()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_logits_parity_on_the_plain_path(tmp_path, arch):
+    """The plain path (plain products, `jax.nn.dot_product_attention`), as on a GPU."""
+    ref = make_reference(arch)
+    ref.save_pretrained(tmp_path)
+    with kernels.use_cpu_kernels(False):  # `_forward` traced again, with the plain path
+        assert_parity(ref, load_hf_checkpoint(tmp_path), f"{arch}/plain")
 
 
 def test_parity_is_sensitive(tmp_path):
