@@ -433,7 +433,8 @@ def render_group(group: Group, rows: Sequence[Row]) -> str:
 
 INTERVALS = (
     "**How to read the tables.** *mean*: the mean of the seeds' values. *95% interval*: a Student-t interval "
-    "for that mean over the seeds' values (between-seed: each run counts once, whatever its n); for a quantity "
+    "for that mean over the seeds' values (between-seed: each run counts once, whatever its n; it can pass a "
+    "proportion's bounds of 0 and 1); for a quantity "
     "measured by one run only, that run's own 95% interval over its examples (Wilson or bootstrap, as its "
     "`results.jsonl` gives it), marked *within run*. *n per run*: the examples each run measured it on. "
     "Single seeds move with float rounding (CPU, library versions, any change that reorders sums) about as "
@@ -471,7 +472,7 @@ def run_digest(
 ) -> str:
     """What a finished run prints last: the experiment and what it measures, what it ran on, its results with
     their 95% intervals, and where they are. Empty where the run wrote no results (e.g. not process 0)."""
-    run_dir = Path(run_dir)
+    run_dir = _shown(Path(run_dir))
     if not (run_dir / RESULTS_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
         return ""
     run = load_run(run_dir)
@@ -493,10 +494,18 @@ def run_digest(
         lines.append(f"  ... and {len(rows) - limit} more rows")
     table_of = run_dir.parent if (run_dir.parent / SWEEP_FILE).is_file() else run_dir
     lines.append(
-        f"Results: {run_dir / RESULTS_FILE} (per-step metrics: metrics.jsonl, next to it). "
+        f"Results: {run_dir / RESULTS_FILE} (per-step metrics: metrics.jsonl, next to it)\n"
         f"As a Markdown table: oversight report {table_of}"
     )
     return "\n".join(lines)
+
+
+def _shown(path: Path) -> Path:
+    """`path` relative to the working directory when it lies inside it (what a user would type)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def _as_row(r: dict[str, Any]) -> Row:
