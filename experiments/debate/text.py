@@ -242,17 +242,6 @@ def is_debate(view: P.AgentView) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def judge_text(view: P.JudgeView, swap: bool = False) -> str:
-    """The whole transcript as a person would read it (for display; the learned judge reads it turn by turn)."""
-    a, b = view.answers[::-1] if swap else view.answers
-    lines = [f"{view.question} A={a} B={b}"]
-    for t in view.turns:
-        side = "AB"[t.answer ^ int(swap)]
-        quotes = " ".join(f"[{'v' if e.verified else 'u'}] {e.content}" for e in t.evidence)
-        lines.append(f"{side}: {t.argument} {quotes}".rstrip())
-    return "\n".join(lines) + "\n"
-
-
 def aligned(claim: str, quote: str) -> str:
     """The quote read against the claim, word by word, differences highlighted: words the two share appear
     once, differing ones as "claim|quote" ("Kai lives|works in Doha|Oslo."); the plain pair when their word

@@ -106,7 +106,7 @@ def test_the_judge_sees_only_question_answers_and_marked_quotes():
         seen.extend(views)
         return T.simulated_judge(1.0)(views)
 
-    rnd = T.random_quoter(0)
+    rnd, judge, tok = T.random_quoter(0), _tiny_judge(), CharTokenizer()
     outcomes = P.debate(questions, rnd, rnd, spy, P.QuoteChannel(), P.Schedule(2), P.Budget(max_evidence=1))
     outcomes += P.consultancy(questions, rnd, spy, P.QuoteChannel(), P.Schedule(2), P.Budget(max_evidence=1))
     assert len(seen) == len(outcomes) == 40 + 80
@@ -117,11 +117,18 @@ def test_the_judge_sees_only_question_answers_and_marked_quotes():
         for t in v.turns:
             for e in t.evidence:
                 assert e.verified == P.verify_quote(e.content, q.source)
-        # The judge's text holds the quotes but no other passage sentence.
-        quoted = {e.content for t in v.turns for e in t.evidence}
-        text = T.judge_text(v)
-        for s in passages.passage_sentences(q.source):
-            assert (s in text) == (s in quoted)
+        # What the learned judge reads: one text per quote of the transcript (its mark and the quoter's claim
+        # aligned with it) and nothing else, so no passage sentence it was not shown.
+        data = judge.encode([v])
+        n = sum(len(t.evidence) for t in v.turns)
+        texts = [
+            tok.decode(row[1 : m.sum()])
+            for row, m in zip(data["tokens"][0, :n], data["mask"][0, :n], strict=True)
+        ]
+        assert texts == [
+            T.evidence_text(v.question, v.answers[t.answer], e) for t in v.turns for e in t.evidence
+        ]
+        assert (data["sign"][0, n:] == 0).all()
     with pytest.raises(ValueError, match="must not see the passage"):
         _tiny_judge()([P.JudgeView(questions[0].question, questions[0].answers, (), questions[0].source)])
 
