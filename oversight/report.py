@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
-from scipy import stats
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.jsonl"
@@ -195,6 +194,8 @@ def seed_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float,
     mean = float(x.mean())
     if len(x) < 2:
         return (mean, math.nan, math.nan)
+    from scipy import stats  # here, not at the top: every run's closing digest imports this module
+
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return (mean, mean - half, mean + half)
 
