@@ -27,14 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import decode_responses, task_splits, train_sft
-from oversight.data.tokenizer import load_tokenizer
 from oversight.models import ModelConfig, build_model_config
 from oversight.models.transformer import positions_from_mask
-from oversight.registry import RunContext
+from oversight.pipeline import RunContext, decode_responses, sft_stage
 from oversight.sampling import Sampler, SamplingConfig
 from oversight.sampling.generate import left_pad
-from oversight.tasks import get_task
 from oversight.tasks.base import Critique, LabelledResponse, Problem, Task
 
 HEADS = ("answer", "discriminate", "critique", "helpful", "refine")
@@ -235,32 +232,26 @@ def train_critique_model(
     `held_out_needed` held-out problems, else an error naming the options in `needed_by`), then the joint model
     trained on every head by the shared SFT stage (or restored from the run folder). Held-out loss is on the
     same mixture built from the held-out problems; gold accuracy is of greedy answers."""
-    cfg = ctx.cfg
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    model_cfg = build_model_config(cfg.model, tokenizer)
-    task = get_task(cfg.task.name, **cfg.task.options)
-    train_problems, eval_problems = task_splits(task, cfg)
+    tokenizer, task = ctx.tokenizer, ctx.task
+    model_cfg = build_model_config(ctx.cfg.model, tokenizer)
+    train_problems, eval_problems = ctx.splits()
     if len(eval_problems) < held_out_needed:
         raise ValueError(
             f"{needed_by} need {held_out_needed} held-out problems but task.num_eval gives "
             f"{len(eval_problems)} (after removing prompts seen in training); raise task.num_eval"
         )
-    stage = train_sft(
-        train_cfg=cfg.train,
-        model_cfg=model_cfg,
-        seed=cfg.seed,
-        mesh=ctx.mesh,
-        rules=cfg.mesh.rules,
-        tokenizer=tokenizer,
-        task=task,
-        train_examples=tokenize_examples(training_examples(task, train_problems, cfg.seed), tokenizer),
-        eval_examples=tokenize_examples(training_examples(task, eval_problems, cfg.seed + 1), tokenizer),
-        eval_problems=eval_problems,
-        checkpoint_dir=ctx.run_dir / "checkpoints",
-        tracker=ctx.tracker,
-        eval_samples=64,
+    train = training_examples(task, train_problems, ctx.seed("critique/train_examples"))
+    held_out = training_examples(task, eval_problems, ctx.seed("critique/eval_examples"))
+    stage = sft_stage(
+        ctx,
+        model_cfg,
+        tokenize_examples(train, tokenizer),
+        tokenize_examples(held_out, tokenizer),
+        eval_problems[:64],
         max_new_tokens=max_new_tokens,
-        desc="critique model",
+        name="critique",
+        metric_prefix="eval/",
+        section="train",
     )
     return CritiqueRun(
         task, eval_problems, model_cfg, CritiqueModel(stage.model(), tokenizer, max_new_tokens)

@@ -51,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import zlib
 from dataclasses import dataclass, field
 
 import jax
@@ -59,29 +58,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import (
-    RenamedTracker,
-    decode_responses,
-    gold_reward,
-    round_up,
-    tokenize_problems,
-    train_sft,
-    train_state_from_model,
-)
-from oversight.data.tokenizer import load_tokenizer
 from oversight.models import build_model_config
 from oversight.overseers import GoldOverseer, HumanCapacity, SimulatedHuman
 from oversight.overseers.base import Assistance
-from oversight.overseers.human import ASSISTANCE_MODES, ORDERS
 from oversight.overseers.rankings import MAX_K, MIN_K
-from oversight.registry import Experiment, RunContext
+from oversight.pipeline import (
+    RunContext,
+    Trainer,
+    decode_responses,
+    gold_reward,
+    round_up,
+    sft_stage,
+    tokenize_problems,
+)
+from oversight.registry import Experiment
 from oversight.sampling import Sampler, SamplingConfig
 from oversight.stats import bootstrap_row, proportion_row
-from oversight.tasks import get_task
 from oversight.tasks.base import Critique, Problem, Task
 from oversight.training.best_of_n import chance_best_of_n, most_frequent_indices
-from oversight.training.checkpoint import Checkpointer
-from oversight.training.loop import make_optimizer, make_train_step, train_loop
+from oversight.training.loop import TrainConfig
 from oversight.training.reward_model import (
     RewardNormalization,
     fold_normalization,
@@ -90,12 +85,26 @@ from oversight.training.reward_model import (
     ranks_from_scores,
     unit_scores,
 )
-from oversight.training.sft import epoch_batches
 
 # rows of policy samples per sampler call and per scoring call (fixed shapes: one program each per level)
 _SAMPLE_CHUNK = 256
 _SCORE_CHUNK = 128
 _BASELINES = ("sample", "oracle", "chance", "most_frequent")  # per-level policy/{name}_reward rows
+
+
+@dataclass
+class ProcessRewardModelConfig:
+    # Its training stage (`batch_size` rankings per step, at most the number of rankings).
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Add each unit's log-likelihood under the reward model's own LM head to its score (a generative verifier
+    # started from the SFT policy); false: the scalar head alone.
+    generative: bool = True
+    # P(right) the untrained reward model gives the units of reference solutions (its head is shifted to it).
+    reference_p: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reference_p < 1:
+            raise ValueError(f"experiment.reward_model.reference_p={self.reference_p} must be in (0, 1)")
 
 
 @dataclass
@@ -117,29 +126,13 @@ class RRMOptions:
     best_of_n: int = 8
     # Policy sampling temperature.
     temperature: float = 0.7
-    # --- the overseer
-    # Units it can check per response.
-    budget: int = 3
-    # Per check: probability it misses a wrong unit.
-    miss_rate: float = 0.1
-    # Per check: probability a right unit looks wrong.
-    false_alarm_rate: float = 0.05
-    # Units it checks without assistance (and after the pointed ones): "random" or "in_order".
-    order: str = "random"
-    # How it uses the assistant's pointers: "check_first", "trust" or "ignore".
-    assistance: str = "check_first"
+    # The overseer: checks per response (`budget`), error rates, the order it checks units in without
+    # assistance, and how it uses the assistant's pointers (`assistance`).
+    overseer: HumanCapacity = field(default_factory=HumanCapacity)
     # Units the assistant points at per response, least likely right first; null = the overseer's budget.
     hints: int | None = None
-    # --- reward models (one per level and feedback; each is the next level's assistant)
-    rm_steps: int = 100
-    # Rankings per step.
-    rm_batch_size: int = 8
-    rm_learning_rate: float = 3e-4
-    # Add each unit's log-likelihood under the reward model's own LM head to its score (a generative
-    # verifier started from the SFT policy); false: the scalar head alone.
-    rm_generative: bool = True
-    # P(right) the untrained reward model gives the units of reference solutions (its head is shifted to it).
-    rm_reference_p: float = 0.95
+    # Reward models (one per level and feedback; each is the next level's assistant).
+    reward_model: ProcessRewardModelConfig = field(default_factory=ProcessRewardModelConfig)
     # Characters of a unit's line kept in its view (longer lines are wrong anyway; fixed shapes).
     max_line_chars: int = 16
 
@@ -153,12 +146,8 @@ class RRMOptions:
             )
         if not MIN_K <= self.k <= MAX_K:
             raise ValueError(f"experiment.k={self.k} must be in {MIN_K}..{MAX_K}")
-        if self.budget < 1:
-            raise ValueError(f"experiment.budget={self.budget} must be >= 1")
-        if self.order not in ORDERS:
-            raise ValueError(f"experiment.order={self.order!r} is not one of {ORDERS}")
-        if self.assistance not in ASSISTANCE_MODES:
-            raise ValueError(f"experiment.assistance={self.assistance!r} is not one of {ASSISTANCE_MODES}")
+        if self.overseer.budget < 1:
+            raise ValueError(f"experiment.overseer.budget={self.overseer.budget} must be >= 1")
         if self.arms is not None:
             unknown = sorted(set(self.arms) - set(arm_names(self.depth)))
             if unknown or not self.arms:
@@ -167,23 +156,12 @@ class RRMOptions:
                 )
         if self.hints is not None and self.hints < 1:
             raise ValueError(f"experiment.hints={self.hints} must be >= 1 (or null for the budget)")
-        if not 0 < self.rm_reference_p < 1:
-            raise ValueError(f"experiment.rm_reference_p={self.rm_reference_p} must be in (0, 1)")
-        for name in ("num_comparisons", "eval_prompts", "best_of_n", "rm_steps", "rm_batch_size"):
+        for name in ("num_comparisons", "eval_prompts", "best_of_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"experiment.{name}={getattr(self, name)} must be >= 1")
 
     def arm_list(self) -> list[str]:
         return list(self.arms) if self.arms is not None else arm_names(self.depth)
-
-    def capacity(self) -> HumanCapacity:
-        return HumanCapacity(
-            budget=self.budget,
-            miss_rate=self.miss_rate,
-            false_alarm_rate=self.false_alarm_rate,
-            order=self.order,
-            assistance=self.assistance,
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -356,37 +334,26 @@ def fingerprint(state) -> str:
     return h.hexdigest()[:16]
 
 
-def stable_seed(*parts) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The experiment
 
 
 def run(ctx: RunContext) -> None:
-    cfg, opts = ctx.cfg, ctx.options
-    mesh, rules = ctx.mesh, cfg.mesh.rules
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    cfg, opts, tokenizer, task = ctx.cfg, ctx.options, ctx.tokenizer, ctx.task
     heads = tuple(dict.fromkeys([*cfg.model.scalar_heads, "reward"]))
     model_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=list(heads)), tokenizer)
-    task = get_task(cfg.task.name, **cfg.task.options)
     task.unit_views(*_probe(task, opts.difficulties[0]))  # fails early, naming the task, if it has no views
-    n_levels, ckpt = len(opts.difficulties), ctx.run_dir / "checkpoints"
-    hints = opts.hints or opts.budget
+    n_levels = len(opts.difficulties)
+    hints = opts.hints or opts.overseer.budget
 
     # --- 1. splits per level: SFT prompts, ranked prompts, held-out prompts (disjoint) ----------------------
     sft_train, sft_eval, compare_sets, held_sets = [], [], [], []
     for d in opts.difficulties:
-        train = task.sample(cfg.task.num_train, d, seed=cfg.seed)
-        seen = {p.prompt for p in train}
-        held = [
-            p for p in task.sample(cfg.task.num_eval, d, seed=cfg.seed + 1_000_003) if p.prompt not in seen
-        ]
-        seen |= {p.prompt for p in held}
+        train, held = ctx.splits(d)
+        seen = {p.prompt for p in train} | {p.prompt for p in held}
         compare = [
             p
-            for p in task.sample(2 * opts.num_comparisons, d, seed=cfg.seed + 2_000_003)
+            for p in task.sample(2 * opts.num_comparisons, d, seed=ctx.seed("task/comparisons"))
             if p.prompt not in seen
         ][: opts.num_comparisons]
         if len(held) < opts.eval_prompts or len(compare) < opts.num_comparisons:
@@ -402,22 +369,13 @@ def run(ctx: RunContext) -> None:
 
     # --- 2. one SFT policy for every level --------------------------------------------------------------------
     longest = max(len(tokenizer.encode(p.solution)) for p in sft_train)
-    sft = train_sft(
-        train_cfg=cfg.train,
-        model_cfg=model_cfg,
-        seed=cfg.seed,
-        mesh=mesh,
-        rules=rules,
-        tokenizer=tokenizer,
-        task=task,
-        train_examples=tokenize_problems(sft_train, tokenizer),
-        eval_examples=tokenize_problems(sft_eval, tokenizer),
-        eval_problems=sft_eval,
-        checkpoint_dir=ckpt / "sft",
-        tracker=RenamedTracker(ctx.tracker, {"train/": "sft/"}),
-        eval_samples=len(sft_eval),
+    sft = sft_stage(
+        ctx,
+        model_cfg,
+        tokenize_problems(sft_train, tokenizer),
+        tokenize_problems(sft_eval, tokenizer),
+        sft_eval,
         max_new_tokens=round_up(longest + 8),
-        metric_prefix="sft/eval_",
     )
     policy = sft.model()
 
@@ -432,7 +390,7 @@ def run(ctx: RunContext) -> None:
             (tokenizer.eos_id,),
             tokenizer.pad_id,
         )
-        key = jax.random.key(stable_seed(cfg.seed, "samples", d))
+        key = ctx.key(f"samples/{d}")
         responses = _sample(sampler, tokenizer, compare, opts.k, jax.random.fold_in(key, 0))
         eval_responses = _sample(sampler, tokenizer, held, opts.best_of_n, jax.random.fold_in(key, 1))
         units = len(task.unit_checks(compare[0], compare[0].solution))  # every step and the answer
@@ -467,24 +425,16 @@ def run(ctx: RunContext) -> None:
         )
 
     # --- 4. reward models, level by level (each trained with its assistant's pointers) ---------------------
-    rm_cfg = dataclasses.replace(
-        cfg.train,
-        steps=opts.rm_steps,
-        batch_size=min(opts.rm_batch_size, opts.num_comparisons),
-        learning_rate=opts.rm_learning_rate,
-        warmup_steps=min(cfg.train.warmup_steps, max(opts.rm_steps // 10, 1)),
-        eval_every=0,
-        checkpoint_every=opts.rm_steps,
-    )
+    rm = opts.reward_model
     rm_model = nnx.merge(*nnx.split(policy))  # a copy of the SFT policy: every reward model's start
-    rm_graphdef, rm_init, rm_shardings = train_state_from_model(rm_model, make_optimizer(rm_cfg), mesh, rules)
-    rm_step = make_train_step(rm_graphdef, process_reward_model_loss, rm_shardings, mesh, rules)
-    data_keys = ("views", "view_mask", "unit_mask") + (("unit_tokens",) if opts.rm_generative else ())
+    trainer = Trainer.from_model(rm_model, process_reward_model_loss, rm.train, ctx)
+    data_keys = ("views", "view_mask", "unit_mask") + (("unit_tokens",) if rm.generative else ())
+    rm_graphdef = trainer.graphdef
 
     @jax.jit
     def _score(state, views, view_mask, line):  # (R, U, W) -> (R, U) unit logits
         model, _ = nnx.merge(rm_graphdef, state)
-        return unit_scores(model, views, view_mask, unit_tokens=line if opts.rm_generative else None)
+        return unit_scores(model, views, view_mask, unit_tokens=line if rm.generative else None)
 
     def score_units(state, data: dict[str, np.ndarray]) -> np.ndarray:
         """Unit logits (P, K, U) of packed views, in chunks of one fixed shape."""
@@ -504,11 +454,12 @@ def run(ctx: RunContext) -> None:
     # is negative even when the unit is right; unshifted, every unit would cost reward and the reward would
     # favour responses that stop early.)
     reference = [
-        score_units(rm_init, lv.reference_views)[lv.reference_views["unit_mask"] > 0] for lv in levels
+        score_units(trainer.init_state, lv.reference_views)[lv.reference_views["unit_mask"] > 0]
+        for lv in levels
     ]
-    shift = float(np.log(opts.rm_reference_p / (1 - opts.rm_reference_p)) - np.concatenate(reference).mean())
+    shift = float(np.log(rm.reference_p / (1 - rm.reference_p)) - np.concatenate(reference).mean())
     fold_normalization(rm_model, RewardNormalization(jnp.float32(1.0), jnp.float32(shift)))
-    _, rm_init, _ = train_state_from_model(rm_model, make_optimizer(rm_cfg), mesh, rules)
+    trainer.restart_from(rm_model)
     ctx.tracker.summary({"rm/reference_shift": shift})
 
     arms = opts.arm_list()
@@ -517,8 +468,7 @@ def run(ctx: RunContext) -> None:
     manifest: dict[str, dict] = {}
     rows_by_feedback: dict[Feedback, list[dict]] = {}
     eval_logits: dict[Feedback, np.ndarray] = {}
-    sft_steps = cfg.train.steps
-    for n_done, fb in enumerate(plan):
+    for fb in plan:
         lv = levels[fb.level]
         # -- who ranks: gold, or the overseer with the assistant's pointers
         pointers, used = None, None
@@ -536,25 +486,14 @@ def run(ctx: RunContext) -> None:
             manifest[fb.assistant.key].setdefault("assisted", []).append(
                 {"feedback": fb.key, "fingerprint": used}
             )
-        judged = _judge(task, lv, fb, opts, pointers, stable_seed(cfg.seed, "judge", fb.key))
+        judged = _judge(task, lv, fb, opts, pointers, ctx.seed(f"judge/{fb.key}"))
 
         # -- the reward model
         data = _rankings(lv, judged["scores"], data_keys)
         slug = fb.key.replace(":", "_").replace("+", "-")
-        checkpointer = Checkpointer(ckpt / "rm" / slug, keep=1)
-        state = train_loop(
-            state=jax.tree.map(jnp.copy, rm_init),  # every reward model starts from the SFT weights
-            step_fn=rm_step,
-            batch_fn=epoch_batches(data, rm_cfg.batch_size, stable_seed(cfg.seed, "rm", fb.key)),
-            cfg=rm_cfg,
-            tracker=RenamedTracker(ctx.tracker, {"train/": f"rm_{slug}/"}),
-            checkpointer=checkpointer,
-            mesh=mesh,
-            rules=rules,
-            desc=f"rm {fb.key}",
-            step_offset=sft_steps + n_done * opts.rm_steps,
-        )
-        checkpointer.close()
+        stage = ctx.stage(f"rm/{slug}", rm.train.steps, prefix=f"rm_{slug}")
+        # every reward model starts from the SFT weights
+        state = trainer.fit(stage, data, ctx.seed(f"rm/{fb.key}"), desc=f"rm {fb.key}", keep=1)
         trained[fb] = {"state": state, "judged": judged}
         manifest[fb.key] = {
             "level": fb.level,
@@ -649,7 +588,7 @@ def _judge(task: Task, lv: Level, fb: Feedback, opts: RRMOptions, pointers, seed
         js = [judge.judge(p, r) for p, r in zip(lv.compare, lv.responses, strict=True)]
         scores = np.asarray([j.scores for j in js])
         return {"scores": scores, "flagged": ~lv.correct, "checks": None}
-    overseer = SimulatedHuman(opts.capacity(), task, seed=seed)
+    overseer = SimulatedHuman(opts.overseer, task, seed=seed)
     js = []
     for i, (p, r) in enumerate(zip(lv.compare, lv.responses, strict=True)):
         shown = None
@@ -695,7 +634,7 @@ def _feedback_rows(task, lv: Level, fb: Feedback, opts, judged, pointers, reward
                 "ci_high": None,
                 "n": int(checks.size),
                 "max_checks": int(checks.max()),
-                "budget": opts.budget,
+                "budget": opts.overseer.budget,
             }
         )
     alone_fb = Feedback(fb.level, "overseer")

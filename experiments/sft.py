@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from experiments.common import task_splits, tokenize_problems, train_sft
-from oversight.data.tokenizer import load_tokenizer
 from oversight.models import build_model_config
-from oversight.registry import Experiment, RunContext
+from oversight.pipeline import RunContext, sft_stage, tokenize_problems
+from oversight.registry import Experiment
 from oversight.stats import proportion_row
-from oversight.tasks import get_task
 
 
 @dataclass
@@ -28,46 +26,26 @@ class SFTOptions:
 
 
 def run(ctx: RunContext) -> None:
-    cfg, opts = ctx.cfg, ctx.options
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    model_cfg = build_model_config(cfg.model, tokenizer)
-
+    opts, tok = ctx.options, ctx.tokenizer
     # Data: a training split and a held-out split with no prompt seen in training.
-    task = get_task(cfg.task.name, **cfg.task.options)
-    train_problems, eval_problems = task_splits(task, cfg)
-    sft = train_sft(
-        train_cfg=cfg.train,
-        model_cfg=model_cfg,
-        seed=cfg.seed,
-        mesh=ctx.mesh,
-        rules=cfg.mesh.rules,
-        tokenizer=tokenizer,
-        task=task,
-        train_examples=tokenize_problems(train_problems, tokenizer),
-        eval_examples=tokenize_problems(eval_problems, tokenizer),
-        eval_problems=eval_problems,
-        checkpoint_dir=ctx.run_dir / "checkpoints",
-        tracker=ctx.tracker,
-        eval_samples=opts.eval_samples,
+    train_problems, eval_problems = ctx.splits()
+    sft = sft_stage(
+        ctx,
+        build_model_config(ctx.cfg.model, tok),
+        tokenize_problems(train_problems, tok),
+        tokenize_problems(eval_problems, tok),
+        eval_problems[: opts.eval_samples],
         max_new_tokens=opts.max_new_tokens,
+        metric_prefix="eval/",
+        section="train",
     )
-
-    correct, n = sft.gold_accuracy(sft.state)
-    loss = sft.eval_loss(sft.state)
-    common = {"task": cfg.task.name, "difficulty": cfg.task.difficulty}
-    rows = [
-        proportion_row("sft/gold_accuracy", correct, n, **common),
-        {
-            "metric": "sft/eval_loss",
-            "value": loss,
-            "ci_low": None,
-            "ci_high": None,
-            "n": len(eval_problems),
-            **common,
-        },
-    ]
-    ctx.tracker.table("results", rows)
-    ctx.tracker.summary({"sft/gold_accuracy": correct / n, "sft/eval_loss": loss})
+    correct, n = sft.gold_accuracy()
+    loss = sft.eval_loss()
+    ctx.results.add(
+        proportion_row("sft/gold_accuracy", correct, n),
+        {"metric": "sft/eval_loss", "value": loss, "ci_low": None, "ci_high": None, "n": len(eval_problems)},
+    )
+    ctx.results.write(ctx.tracker, ("sft",))
     print(
         f"gold accuracy {correct}/{n} = {correct / n:.3f}   held-out loss {loss:.4f}   run folder {ctx.run_dir}"
     )

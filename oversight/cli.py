@@ -29,6 +29,22 @@ class ConfigError(ValueError):
     """A config that composes but is wrong: unknown experiment, bad experiment option, bad value."""
 
 
+def options_schema(options: type) -> DictConfig:
+    """The structured config of an options dataclass, writable: nested core configs that are frozen
+    dataclasses (`PPOConfig`) would otherwise refuse the YAML's values."""
+    node = OmegaConf.structured(options)
+
+    def writable(node) -> None:
+        OmegaConf.set_readonly(node, None)
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+            child = node._get_node(key)
+            if OmegaConf.is_config(child):
+                writable(child)
+
+    writable(node)
+    return node
+
+
 def validate(cfg: DictConfig) -> tuple[Config, Experiment, object]:
     """Typed config, the experiment, and its options, or a `ConfigError` naming the offending key."""
     name = cfg.experiment.get("name")
@@ -40,7 +56,7 @@ def validate(cfg: DictConfig) -> tuple[Config, Experiment, object]:
         raise ConfigError(e.args[0]) from None
     given = {k: v for k, v in cfg.experiment.items() if k != "name"}
     try:
-        options_node = OmegaConf.merge(OmegaConf.structured(experiment.options), given)
+        options_node = OmegaConf.merge(options_schema(experiment.options), given)
         options = OmegaConf.to_object(options_node)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", "?")
@@ -50,6 +66,17 @@ def validate(cfg: DictConfig) -> tuple[Config, Experiment, object]:
     except (OmegaConfBaseException, ValueError) as e:
         raise ConfigError(str(e)) from None
     return typed, experiment, options
+
+
+def with_every_option(cfg: DictConfig, options) -> DictConfig:
+    """`cfg` with the experiment node holding every option, defaults included: what the run folder records, so
+    it keeps its meaning when a default changes later, and what a resumed run is compared with."""
+    full = OmegaConf.to_container(cfg, resolve=True)
+    full["experiment"] = {
+        "name": cfg.experiment.name,
+        **OmegaConf.to_container(OmegaConf.structured(options)),
+    }
+    return OmegaConf.create(full)
 
 
 # Config groups a resumed run may change: they decide where results are logged, not what they are.
@@ -97,6 +124,7 @@ def run_from_config(cfg: DictConfig, run_dir: Path, *, group: str | None = None)
     from oversight.training.checkpoint import latest_checkpoint_step
 
     typed, experiment, options = validate(cfg)
+    cfg = with_every_option(cfg, options)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
     initialize_distributed(typed.mesh)
     check_resume_config(run_dir, cfg)

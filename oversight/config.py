@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from oversight.models.config import ModelConfig
 from oversight.parallel.mesh import MeshConfig
@@ -58,4 +58,9 @@ class Config:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    schema = OmegaConf.structured(Config)
+    # Experiment options are checked against the chosen experiment's own dataclass when the run starts
+    # (`oversight.cli.validate`, before any work), so every option can be set on the command line
+    # (`experiment.ppo.kl_coef=0.05`), not only those the experiment's YAML happens to name.
+    OmegaConf.set_struct(schema.experiment, False)
+    ConfigStore.instance().store(name="base_config", node=schema)

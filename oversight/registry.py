@@ -1,7 +1,11 @@
 """The experiment registry: plugins found through the `oversight.experiments` entry-point group.
 
 A plugin is an `Experiment`: a name, a dataclass of its options (`experiment.*` in the config) and a
-`run(ctx)` function. Any installed package can add one by declaring an entry point, e.g. in pyproject.toml:
+`run(ctx)` function. Two ways to add one:
+
+- a module in this checkout's `experiments/` package that defines `EXPERIMENT`: found by scanning the package,
+  so a new file works at once, with no reinstall;
+- any installed package, by declaring an entry point, e.g. in its pyproject.toml (then `pip install` it):
 
     [project.entry-points."oversight.experiments"]
     my_protocol = "my_package.my_protocol:EXPERIMENT"
@@ -9,29 +13,17 @@ A plugin is an `Experiment`: a name, a dataclass of its options (`experiment.*` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import jax
+from oversight.pipeline.context import RunContext
 
-    from oversight.config import Config
+__all__ = ["ENTRY_POINT_GROUP", "Experiment", "RunContext", "available_experiments", "get_experiment"]
 
 ENTRY_POINT_GROUP = "oversight.experiments"
-
-
-@dataclass
-class RunContext:
-    """What an experiment's `run` receives: the validated config and the run's folder, tracker and mesh."""
-
-    cfg: Config
-    options: Any  # the experiment's own options dataclass
-    run_dir: Path
-    tracker: Any
-    mesh: jax.sharding.Mesh
 
 
 @dataclass(frozen=True)
@@ -44,9 +36,7 @@ class Experiment:
     run: Callable[[RunContext], None]
 
 
-def available_experiments() -> dict[str, Experiment]:
-    """Every registered experiment, by name. A broken plugin raises, naming its entry point."""
-    found: dict[str, Experiment] = {}
+def _entry_point_experiments() -> Iterator[tuple[str, Experiment]]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             exp = ep.load()
@@ -56,8 +46,34 @@ def available_experiments() -> dict[str, Experiment]:
             raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not an oversight.registry.Experiment")
         if exp.name != ep.name:
             raise ValueError(f"entry point {ep.name!r} points to an experiment named {exp.name!r}")
-        found[exp.name] = exp
-    return found
+        yield f"entry point {ep.name!r} ({ep.value})", exp
+
+
+def _package_experiments() -> Iterator[tuple[str, Experiment]]:
+    """Every module of the `experiments` package (this checkout's plugins) that defines `EXPERIMENT`."""
+    try:
+        package = importlib.import_module("experiments")
+    except ImportError:  # installed without the plugin package
+        return
+    for info in pkgutil.walk_packages(package.__path__, "experiments."):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception as e:
+            raise ImportError(f"experiment module {info.name} failed to load: {e}") from e
+        exp = getattr(module, "EXPERIMENT", None)
+        if isinstance(exp, Experiment):
+            yield f"module {info.name}", exp
+
+
+def available_experiments() -> dict[str, Experiment]:
+    """Every registered experiment, by name. A broken plugin raises, naming its entry point or module; two
+    different experiments under one name are an error."""
+    found: dict[str, tuple[str, Experiment]] = {}
+    for where, exp in [*_entry_point_experiments(), *_package_experiments()]:
+        if exp.name in found and found[exp.name][1] is not exp:
+            raise ValueError(f"two experiments are named {exp.name!r}: {found[exp.name][0]} and {where}")
+        found.setdefault(exp.name, (where, exp))
+    return {name: exp for name, (_, exp) in found.items()}
 
 
 def get_experiment(name: str) -> Experiment:

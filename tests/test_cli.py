@@ -61,7 +61,9 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _final_state(run_dir: Path, step: int):
-    return ocp.StandardCheckpointer().restore((run_dir / "checkpoints" / str(step) / "state").absolute())
+    return ocp.StandardCheckpointer().restore(
+        (run_dir / "checkpoints" / "sft" / str(step) / "state").absolute()
+    )
 
 
 def test_a_run_writes_a_complete_run_folder(tmp_path):
@@ -69,7 +71,7 @@ def test_a_run_writes_a_complete_run_folder(tmp_path):
     _run("train.steps=6", "tracker=offline", f"hydra.run.dir={run_dir}")
     for name in ("config.yaml", "metrics.jsonl", "results.jsonl", "run_info.json", "summary.json"):
         assert (run_dir / name).is_file(), name
-    assert (run_dir / "checkpoints" / "6").is_dir()
+    assert (run_dir / "checkpoints" / "sft" / "6").is_dir()
     assert list((run_dir / "wandb").glob("offline-run-*")), "no W&B offline run"
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["seed"] == 0 and info["packages"]["jax"]
@@ -93,12 +95,16 @@ def test_killed_run_resumes_to_bit_identical_parameters_and_metrics(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
-    while not (killed / "checkpoints" / "10").is_dir() and time.time() < deadline and proc.poll() is None:
+    while (
+        not (killed / "checkpoints" / "sft" / "10").is_dir()
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "checkpoints" / "40").exists(), "the run finished before it was killed"
+    assert not (killed / "checkpoints" / "sft" / "40").exists(), "the run finished before it was killed"
 
     _run(*args, f"hydra.run.dir={killed}")
     assert _metrics(killed) == _metrics(whole)

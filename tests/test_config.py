@@ -87,3 +87,43 @@ def test_bad_value_in_a_schema_is_an_error_naming_it():
 def test_derived_model_fields_follow_the_composed_config(overrides, expected):
     typed, _, _ = validate(_compose(overrides))
     assert {k: getattr(typed.model, k) for k in expected} == expected
+
+
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every leaf of a plain nested dict."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+EXPERIMENT_FILES = sorted((Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=[p.stem for p in EXPERIMENT_FILES])
+def test_every_experiment_file_sets_only_what_differs_from_the_defaults(path):
+    """One default per setting, in the dataclass (or the default group file): an experiment file that restates a
+    default would keep a stale copy of it when the default changes."""
+    from omegaconf import OmegaConf
+
+    from oversight.cli import options_schema
+    from oversight.registry import get_experiment
+
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    # The config every group's defaults give, with the groups the file itself picks (`override /task: x`).
+    picked = [
+        f"{group.removeprefix('override /')}={choice}"
+        for entry in raw.pop("defaults", [])
+        if isinstance(entry, dict)
+        for group, choice in entry.items()
+    ]
+    base = OmegaConf.to_container(_compose(["~experiment", *picked]))
+    experiment = raw.pop("experiment")
+    options = OmegaConf.to_container(options_schema(get_experiment(experiment.pop("name")).options))
+    restated = [
+        f"experiment.{key}"
+        for key, value in _leaves(experiment)
+        if OmegaConf.select(OmegaConf.create(options), key) == value
+    ] + [key for key, value in _leaves(raw) if OmegaConf.select(OmegaConf.create(base), key) == value]
+    assert not restated, f"{path.name} restates defaults: {restated}"

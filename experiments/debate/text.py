@@ -76,10 +76,10 @@ import optax
 import pandas as pd
 from flax import nnx
 
-from experiments.common import round_up
 from oversight import protocols as P
 from oversight.data.tokenizer import load_tokenizer
 from oversight.models import ModelConfig, build_model_config
+from oversight.pipeline import round_up
 from oversight.registry import Experiment, RunContext
 from oversight.stats import proportion_row, wilson_interval
 from oversight.tasks.passages import (

@@ -40,6 +40,9 @@ from oversight.training.loop import training_compiler_options
 from oversight.training.reward_model import reward_scores
 from oversight.training.sft import sft_loss
 
+VALUE_INITS = ("reward_model", "zero")
+CRITICS = ("shared", "separate")
+
 
 @dataclass(frozen=True)
 class PPOConfig:
@@ -75,6 +78,25 @@ class PPOConfig:
     whiten_advantages: bool = True
     # Name of the policy's value head (a scalar head of the same trunk).
     value_head: str = "value"
+    # --- the PPO stage (`oversight.pipeline.ppo`)
+    # Rollout batches (iterations) per round.
+    iterations: int = 30
+    # Prompts per rollout batch (one response each).
+    rollout_batch: int = 64
+    # Peak learning rate of the policy (cosine decay to a tenth over every update of the run; no warm-up).
+    learning_rate: float = 3e-5
+    # Where the value head lives: "shared" (on the policy's trunk, Ziegler et al.) or "separate" (a critic
+    # transformer started from the reward model, as InstructGPT's value function).
+    critic: str = "shared"
+    # Learning rate of a separate critic (None: the policy's). Its value head may start at zero, and at the
+    # policy's rate it would not even learn the returns' mean within a short run.
+    critic_learning_rate: float | None = None
+    # Value head initialisation: "reward_model" (InstructGPT) or "zero".
+    value_init: str = "reward_model"
+    # Evaluate on held-out prompts every N iterations (and before the first and after the last).
+    eval_every: int = 5
+    # Save a checkpoint every N iterations (and after the last).
+    checkpoint_every: int = 10
 
     def __post_init__(self) -> None:
         if not 0.0 < self.lam <= 1.0 or not 0.0 < self.gamma <= 1.0:
@@ -90,6 +112,15 @@ class PPOConfig:
             )
         if self.kl_target is not None and (self.kl_target <= 0 or self.kl_horizon <= 0):
             raise ValueError(f"ppo: kl_target={self.kl_target} and kl_horizon={self.kl_horizon} must be > 0")
+        if self.critic not in CRITICS:
+            raise ValueError(f"ppo: critic={self.critic!r} is not one of {CRITICS}")
+        if self.critic_learning_rate is not None and self.critic != "separate":
+            raise ValueError("ppo: critic_learning_rate needs critic=separate")
+        if self.value_init not in VALUE_INITS:
+            raise ValueError(f"ppo: value_init={self.value_init!r} is not one of {VALUE_INITS}")
+        for name in ("iterations", "rollout_batch", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo: {name}={getattr(self, name)} must be >= 1")
 
 
 # --- rollout side: log-probs, rewards, advantages -------------------------------------------------------
@@ -152,7 +183,7 @@ def actor_critic_optimizer(
 
 def _response_hidden(model: Transformer, prompt, prompt_mask, response, response_mask) -> jax.Array:
     """The trunk's hidden states at the positions that predict the response tokens (B, N, D). PPO's
-    minibatches are small: the trunk materialises its residual gradients (see `materialized_cotangent`)."""
+    minibatches are small: the trunk materialises its residual gradients (see `oversight.models.kernels.materialize_grad`)."""
     p, n = prompt.shape[1], response.shape[1]
     tokens = jnp.concatenate([prompt, response], axis=1)  # (B, P+N)
     mask = jnp.concatenate([prompt_mask.astype(jnp.int32), response_mask.astype(jnp.int32)], axis=1)

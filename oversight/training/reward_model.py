@@ -111,6 +111,13 @@ def reward_model_loss(
     batch: tokens (B, K, T), mask (B, K, T), valid (B, K), optional ranks (B, K), margin (B, K, K) and
     scored_tokens (B, K, T) (a generative reward model, see `reward_scores`), as `pack_rankings` makes them.
     """
+    rewards = ranking_rewards(model, batch, head)  # (B, K)
+    return ranking_loss(rewards, batch["valid"], batch.get("ranks"), batch.get("margin", 0.0))
+
+
+def ranking_rewards(model: Transformer, batch: dict[str, jax.Array], head: str = "reward") -> jax.Array:
+    """The reward of every response of packed rankings (`pack_rankings`), one forward pass per response:
+    tokens (B, K, T) -> (B, K) float32."""
     b, k, t = batch["tokens"].shape
     scored = batch.get("scored_tokens")
     flat = reward_scores(
@@ -120,8 +127,7 @@ def reward_model_loss(
         head,
         None if scored is None else scored.reshape(b * k, t),
     )
-    rewards = flat.reshape(b, k)  # (B, K)
-    return ranking_loss(rewards, batch["valid"], batch.get("ranks"), batch.get("margin", 0.0))
+    return flat.reshape(b, k)
 
 
 def unit_scores(

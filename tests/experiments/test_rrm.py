@@ -8,12 +8,14 @@ import pytest
 
 from experiments.rrm import (
     Feedback,
+    ProcessRewardModelConfig,
     RRMOptions,
     arm_feedback,
     arm_names,
     recursive_feedback,
     training_plan,
 )
+from oversight.overseers import HumanCapacity
 
 
 def test_each_arm_is_the_overseer_with_the_recursion_beneath_it():
@@ -57,8 +59,10 @@ def test_feedback_and_options_reject_a_broken_recursion():
         RRMOptions(difficulties=[3, 1])
     with pytest.raises(ValueError, match="experiment.hints"):
         RRMOptions(hints=0)
-    with pytest.raises(ValueError, match="experiment.assistance"):
-        RRMOptions(assistance="obey")
+    with pytest.raises(ValueError, match="experiment.overseer.budget=0"):
+        RRMOptions(overseer=HumanCapacity(budget=0))
+    with pytest.raises(ValueError, match="experiment.reward_model.reference_p"):
+        ProcessRewardModelConfig(reference_p=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +78,10 @@ def tiny_run(tmp_path_factory, run_experiment):
         "experiment.num_comparisons=12",
         "experiment.eval_prompts=6",
         "experiment.best_of_n=3",
-        "experiment.rm_steps=3",
-        "experiment.budget=2",
+        "experiment.reward_model.train.steps=3",
+        "experiment.overseer.budget=2",
         # the tiny policy's answers are all wrong: a coin-flip overseer still gives every model preferences
-        "experiment.miss_rate=0.5",
+        "experiment.overseer.miss_rate=0.5",
     )
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     return run_dir, rows

@@ -467,8 +467,8 @@ def test_actor_critic_optimizer_steps_each_role_at_its_own_rate():
 
 def test_actor_critic_state_is_placed_on_a_mesh():
     """The multi-transform optimizer state (with its masked-out placeholders) gets shardings and jits."""
-    from experiments.common import train_state_from_model
     from oversight.parallel import MeshConfig, make_mesh
+    from oversight.pipeline import train_state_from_model
 
     cfg = ModelConfig(
         vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, scalar_heads=("value",)

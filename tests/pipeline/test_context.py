@@ -1,0 +1,89 @@
+"""The run context: the step ledger lines stages up, named random streams are independent of each other and of
+the order stages run in, the results table carries the run's columns."""
+
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from oversight.pipeline import Results, RunContext, StepLedger, stable_seed
+
+
+class Recorder:
+    def __init__(self):
+        self.logged, self.tables, self.summaries = [], {}, {}
+
+    def log(self, metrics, step):
+        self.logged.append((step, metrics))
+
+    def table(self, name, rows):
+        self.tables[name] = rows
+
+    def summary(self, values):
+        self.summaries |= values
+
+
+def _ctx(seed=0, tracker=None) -> RunContext:
+    cfg = SimpleNamespace(seed=seed, task=SimpleNamespace(name="arithmetic", difficulty=2))
+    return RunContext(cfg, None, Path("/tmp/run"), tracker or Recorder(), mesh=None)
+
+
+def test_each_stage_gets_the_next_range_of_global_steps():
+    ledger = StepLedger()
+    assert ledger.declare("sft", 500) == 0
+    assert ledger.declare("rm", 150) == 500
+    assert ledger.declare("ppo", 30) == 650
+    assert ledger.declare("rm", 150) == 500  # declared again (a restored stage): the same range
+    assert ledger.ranges() == {"sft": (1, 500), "rm": (501, 650), "ppo": (651, 680)}
+    assert ledger.total == 680
+    with pytest.raises(ValueError, match="'rm' declared with 10 steps, earlier with 150"):
+        ledger.declare("rm", 10)
+    with pytest.raises(ValueError, match="steps=-1"):
+        ledger.declare("judge", -1)
+
+
+def test_a_stage_has_its_own_checkpoint_folder_and_dashboard_section():
+    tracker = Recorder()
+    ctx = _ctx(tracker=tracker)
+    ctx.stage("sft", 20)
+    stage = ctx.stage("rm/L1_H", 10, prefix="rm_L1_H")
+    assert stage.offset == 20 and stage.checkpoint_dir == Path("/tmp/run/checkpoints/rm/L1_H")
+    stage.tracker.log({"train/loss": 1.0, "eval/x": 2.0}, step=21)
+    assert tracker.logged == [(21, {"rm_L1_H/loss": 1.0, "eval/x": 2.0})]
+    assert ctx.stage("ppo", 4).tracker.prefixes == {"train/": "ppo/"}
+
+
+def test_named_streams_depend_on_the_run_seed_and_the_name_only():
+    a, b = _ctx(seed=0), _ctx(seed=1)
+    assert a.seed("ppo/prompts") == _ctx(seed=0).seed("ppo/prompts") == stable_seed(0, "ppo/prompts")
+    assert a.seed("ppo/prompts") != a.seed("ppo/rollouts")
+    assert a.seed("ppo/prompts") != b.seed("ppo/prompts")
+    a.stage("sft", 10)  # declaring stages draws nothing from any stream
+    assert a.seed("ppo/prompts") == stable_seed(0, "ppo/prompts")
+    # crc32 of "0/ppo/prompts": the same in every process (Python's str hash is salted per process)
+    assert stable_seed(0, "ppo/prompts") == zlib.crc32(b"0/ppo/prompts")
+
+
+def test_results_rows_carry_the_run_columns_unless_a_row_sets_them():
+    tracker = Recorder()
+    results = Results({"task": "arithmetic", "difficulty": 2})
+    results.add(
+        {"metric": "sft/gold_accuracy", "value": 0.5},
+        {"metric": "rm/accuracy_gold", "value": 0.8, "difficulty": 4},
+    )
+    results.add({"metric": "rm/accuracy_gold", "value": 0.9, "round": 2})
+    assert results.rows[0] == {
+        "metric": "sft/gold_accuracy",
+        "value": 0.5,
+        "task": "arithmetic",
+        "difficulty": 2,
+    }
+    assert results.rows[1]["difficulty"] == 4
+    assert results.value("rm/accuracy_gold")["value"] == 0.9
+    assert results.value("rm/accuracy_gold", difficulty=4)["value"] == 0.8
+    with pytest.raises(KeyError, match="ppo/gold_reward"):
+        results.value("ppo/gold_reward")
+    summary = results.write(tracker, ("rm",))
+    assert summary == {"rm/accuracy_gold": 0.9} and tracker.summaries == summary
+    assert tracker.tables["results"] == results.rows
