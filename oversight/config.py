@@ -33,18 +33,9 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _model_schema() -> ModelConfig:
-    """The model node of the schema with its derived fields (n_kv_heads, head_dim, d_ff) left unset: a
-    default instance has them filled from the default width and heads, and the schema would then pin them,
-    so a config that changes d_model or n_heads alone would get the default's head_dim and d_ff."""
-    model = ModelConfig()
-    model.n_kv_heads = model.head_dim = model.d_ff = None
-    return model
-
-
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=_model_schema)
+    model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)

@@ -76,17 +76,33 @@ def test_bad_value_in_a_schema_is_an_error_naming_it():
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        # derived fields follow the composed width and heads, not the schema's defaults
-        (["model=bench_small"], {"n_kv_heads": 8, "head_dim": 64, "d_ff": 2048}),
-        (["model=mini"], {"n_kv_heads": 2, "head_dim": 32, "d_ff": 256}),
-        (["model.d_model=96", "model.n_heads=3"], {"n_kv_heads": 3, "head_dim": 32, "d_ff": 384}),
+        # derived widths follow the composed width and heads, not the schema's defaults
+        (["model=bench_small"], {"kv_heads": 8, "head_width": 64, "mlp_width": 2048}),
+        (["model=mini"], {"kv_heads": 2, "head_width": 32, "mlp_width": 256}),
+        (["model.d_model=96", "model.n_heads=3"], {"kv_heads": 3, "head_width": 32, "mlp_width": 384}),
         # and set explicitly they stay as set
-        (["model=llama_tiny"], {"n_kv_heads": 2, "head_dim": 32, "d_ff": 384}),
+        (["model=llama_tiny"], {"kv_heads": 2, "head_width": 32, "mlp_width": 384}),
     ],
 )
-def test_derived_model_fields_follow_the_composed_config(overrides, expected):
+def test_derived_model_widths_follow_the_composed_config(overrides, expected):
     typed, _, _ = validate(_compose(overrides))
     assert {k: getattr(typed.model, k) for k in expected} == expected
+
+
+def test_replacing_width_or_heads_derives_the_other_widths_again():
+    import dataclasses
+
+    from oversight.models import ModelConfig
+
+    base = ModelConfig(d_model=128, n_heads=4)
+    wider = dataclasses.replace(base, d_model=256, n_heads=8)
+    # no grouped-query attention switched on by a stale key/value head count, no stale head or MLP width
+    assert (wider.kv_heads, wider.head_width, wider.mlp_width) == (8, 32, 1024)
+    gqa = dataclasses.replace(wider, n_kv_heads=2, d_ff=512)
+    assert (gqa.kv_heads, gqa.head_width, gqa.mlp_width) == (2, 32, 512)
+    assert dataclasses.replace(gqa, n_heads=16).kv_heads == 2  # set explicitly, it stays
+    with pytest.raises(ValueError, match="not a multiple of n_kv_heads=3"):
+        dataclasses.replace(wider, n_kv_heads=3)
 
 
 def _leaves(node, prefix=""):

@@ -48,28 +48,37 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"model.family={self.family!r} is not one of {FAMILIES}")
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-            self.head_dim = self.d_model // self.n_heads
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"model.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
-            )
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"model.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.kv_heads}")
         self.scalar_heads = tuple(self.scalar_heads)
+
+    # What the model is built with. The fields above keep what was set (None: derived), so
+    # `dataclasses.replace(cfg, d_model=256, n_heads=8)` derives these again from the new width and heads.
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads K."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_width(self) -> int:
+        """Per-head width E."""
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def mlp_width(self) -> int:
+        """MLP hidden width F."""
+        return 4 * self.d_model if self.d_ff is None else self.d_ff
 
     def num_params(self) -> int:
         """Parameter count, embeddings included (what 6 * N * tokens FLOP estimates use)."""
         d, f, h, k, hd, v = (
             self.d_model,
-            self.d_ff,
+            self.mlp_width,
             self.n_heads,
-            self.n_kv_heads,
-            self.head_dim,
+            self.kv_heads,
+            self.head_width,
             self.vocab_size,
         )
         attn = d * hd * (h + 2 * k) + h * hd * d

@@ -252,7 +252,7 @@ def _same(w: np.ndarray) -> np.ndarray:
 
 
 def _gpt2_specs(cfg: ModelConfig) -> dict[str, _Spec]:
-    d, f, h, e, v = cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.head_dim, cfg.vocab_size
+    d, f, h, e, v = cfg.d_model, cfg.mlp_width, cfg.n_heads, cfg.head_width, cfg.vocab_size
     he = h * e
     specs = {
         "wte.weight": _Spec((v, d), (("embed",), _same)),
@@ -295,7 +295,7 @@ def _gpt2_specs(cfg: ModelConfig) -> dict[str, _Spec]:
 
 
 def _llama_specs(cfg: ModelConfig) -> dict[str, _Spec]:
-    d, f, h, k, e, v = cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.vocab_size
+    d, f, h, k, e, v = cfg.d_model, cfg.mlp_width, cfg.n_heads, cfg.kv_heads, cfg.head_width, cfg.vocab_size
     specs = {
         "embed_tokens.weight": _Spec((v, d), (("embed",), _same)),
         "norm.weight": _Spec((d,), (("final_norm", "scale"), _same)),

@@ -42,7 +42,7 @@ class KVCache(NamedTuple):
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> KVCache:
-        shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
+        shape = (batch, cfg.kv_heads, length, cfg.head_width)
         dtype = jnp.dtype(cfg.dtype)
         return cls(
             k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
@@ -90,7 +90,7 @@ class Norm(nnx.Module):
 
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        d, h, k, e = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        d, h, k, e = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_width
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.family, self.rope_theta = cfg.family, cfg.rope_theta
         self.wq = _normal(rngs, (d, h, e), std, ("embed", "heads", "head_dim"))
@@ -141,7 +141,7 @@ class MLP(nnx.Module):
     """GELU MLP with biases (GPT-2) or SwiGLU without (Llama)."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        d, f = cfg.d_model, cfg.d_ff
+        d, f = cfg.d_model, cfg.mlp_width
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.gated = cfg.family == "llama"
         self.w_in = _normal(rngs, (d, f), std, ("embed", "mlp"))
