@@ -28,13 +28,14 @@ overseer finds nothing), and `assist/critiques_valid` (shown critiques that gold
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import numpy as np
 
 from experiments.critique import gold_critique_text, train_critique_model
 from oversight.overseers import HumanCapacity, SimulatedHuman
+from oversight.protocols import ReviewOutcome, critique_review
 from oversight.registry import Experiment, RunContext
 from oversight.stats import bootstrap_row, proportion_row
 from oversight.tasks.base import LabelledResponse, Problem, Task
@@ -50,11 +51,9 @@ class CritiqueAssistOptions:
     k: int = 4
     # Injected flaws drawn per problem to pick the misleading (last-placed) one from.
     misleading_draws: int = 8
-    # The overseer: local checks per response, per-check error rates, the order it reads units in.
-    budget: int = 1
-    miss_rate: float = 0.1
-    false_alarm_rate: float = 0.05
-    order: str = "in_order"
+    # The overseer: local checks per response, per-check error rates, the order it reads units in; it checks
+    # the units critiques point at first (`assistance`).
+    overseer: HumanCapacity = field(default_factory=HumanCapacity)
     # Generation budget of answers (critiques are short).
     max_new_tokens: int = 16
 
@@ -69,27 +68,8 @@ def misleading_response(task: Task, problem: Problem, draws: int, seed: int) -> 
     return best
 
 
-@dataclass(frozen=True)
-class ArmOutcome:
-    """Per response of a set, what one arm's overseer concluded. Arrays (R,)."""
-
-    found: np.ndarray  # named the injected flaw's unit
-    flagged: np.ndarray  # judged the response flawed
-
-
-def review_arm(
-    overseer: SimulatedHuman, task: Task, items: list[LabelledResponse], critiques: list[list[str]]
-) -> ArmOutcome:
-    found, flagged = [], []
-    for item, shown in zip(items, critiques, strict=True):
-        report = overseer.review(item.problem, item.response, shown, task)
-        flagged.append(report.flawed)
-        found.append(item.flaw is not None and item.flaw.location in report.locations)
-    return ArmOutcome(np.array(found), np.array(flagged))
-
-
 def assistance_rows(
-    set_name: str, outcomes: dict[str, ArmOutcome], flawed: bool, bootstrap_seed: int = 0, **extra
+    set_name: str, outcomes: dict[str, ReviewOutcome], flawed: bool, bootstrap_seed: int = 0, **extra
 ) -> list[dict]:
     """Rows for one response set: found/flagged (flawed sets) or false alarms (clean), per arm, and the
     difference and relative increase in flaws found with model critiques."""
@@ -143,21 +123,13 @@ def assistance_rows(
 
 def run(ctx: RunContext) -> None:
     cfg, opts = ctx.cfg, ctx.options
-    # the overseer first, so bad overseer options fail before any training
-    capacity = HumanCapacity(
-        budget=opts.budget,
-        miss_rate=opts.miss_rate,
-        false_alarm_rate=opts.false_alarm_rate,
-        order=opts.order,
-        assistance="check_first",
-    )
     task, eval_problems, _, cm = train_critique_model(
         ctx,
         opts.max_new_tokens,
         held_out_needed=2 * opts.responses_per_set,
         needed_by=f"experiment.responses_per_set={opts.responses_per_set} (two sets of held-out problems)",
     )
-    key = jax.random.key(cfg.seed)
+    key = ctx.key("critiques")
 
     # Response sets: the first half of the held-out problems gives clean and flawed responses, the second
     # half misleading ones (no problem appears flawed twice).
@@ -165,13 +137,14 @@ def run(ctx: RunContext) -> None:
     first, second = eval_problems[:n], eval_problems[n : 2 * n]
     sets = {
         "clean": [LabelledResponse(p, p.solution, None) for p in first],
-        "flawed": task.labelled_responses(first, seed=cfg.seed + 17, flawed_fraction=1.0),
+        "flawed": task.labelled_responses(first, seed=ctx.seed("responses/flawed"), flawed_fraction=1.0),
         "misleading": [
-            misleading_response(task, p, opts.misleading_draws, cfg.seed + i) for i, p in enumerate(second)
+            misleading_response(task, p, opts.misleading_draws, ctx.seed(f"responses/misleading/{i}"))
+            for i, p in enumerate(second)
         ],
     }
     common = {"task": task.name, "difficulty": cfg.task.difficulty, "k": opts.k}
-    common |= {"budget": opts.budget, "order": opts.order}
+    common |= {"budget": opts.overseer.budget, "order": opts.overseer.order}
     rows: list[dict] = []
     for s, (set_name, items) in enumerate(sets.items()):
         # k sampled critiques per response, one batch
@@ -197,8 +170,11 @@ def run(ctx: RunContext) -> None:
             "gold_critique": [[gold_critique_text(task, it)] for it in items],
         }
         # every arm's overseer starts from the same seed: the arms differ only in the critiques shown
+        overseer_seed = ctx.seed(f"overseer/{set_name}")
         outcomes = {
-            arm: review_arm(SimulatedHuman(capacity, task, seed=cfg.seed + 1000 * s), task, items, shown[arm])
+            arm: critique_review(
+                SimulatedHuman(opts.overseer, task, seed=overseer_seed), task, items, shown[arm]
+            )
             for arm in ARMS
         }
         rows += assistance_rows(set_name, outcomes, set_name != "clean", bootstrap_seed=cfg.seed, **common)

@@ -217,7 +217,7 @@ def run(ctx: RunContext) -> None:
         held_out_needed=max(opts.eval_responses, opts.bon_problems),
         needed_by="experiment.eval_responses/bon_problems",
     )
-    key = jax.random.key(cfg.seed)
+    key = ctx.key("samples")
     common = {
         "task": task.name,
         "difficulty": cfg.task.difficulty,
@@ -227,7 +227,7 @@ def run(ctx: RunContext) -> None:
     }
 
     # D and C on a balanced set of held-out responses
-    items = task.labelled_responses(eval_problems[: opts.eval_responses], seed=cfg.seed + 17)
+    items = task.labelled_responses(eval_problems[: opts.eval_responses], seed=ctx.seed("responses"))
     judgements, critiques = judge_responses(cm, task, items, jax.random.fold_in(key, 0))
     rows = discrimination_critique_rows(judgements, bootstrap_seed=cfg.seed, flaw_type="all", **common)
     rows += per_flaw_type_rows(judgements, **common)

@@ -9,6 +9,7 @@
   `oracle` judge, each in both answer orders by default;
 - `evidence`: channels that check an agent's evidence request against the source (`PixelChannel`,
   `QuoteChannel`, `verify_quote`);
+- `critique`: critique-assisted review, an overseer reading responses with critiques of them;
 - `scoring`: accuracy rows with intervals, calibration (log score, ECE, Brier), evidence statistics, Elo.
 
 The engine knows no models: agents and judges are batched callables, so a new experiment composes these
@@ -16,6 +17,7 @@ protocols with its own debaters and judges, on questions from a task (`oversight
 `oversight.tasks.passages`).
 """
 
+from oversight.protocols.critique import ReviewOutcome, critique_review
 from oversight.protocols.debate import (
     Agent,
     AgentView,
@@ -52,6 +54,8 @@ from oversight.protocols.scoring import (
 )
 
 __all__ = [
+    "ReviewOutcome",
+    "critique_review",
     "Agent",
     "AgentView",
     "Budget",

@@ -9,8 +9,9 @@ import pytest
 
 import oversight
 from experiments.critique import gold_critique_text
-from experiments.critique_assist import ArmOutcome, assistance_rows, misleading_response, review_arm
+from experiments.critique_assist import assistance_rows, misleading_response
 from oversight.overseers import HumanCapacity, SimulatedHuman
+from oversight.protocols import ReviewOutcome, critique_review
 from oversight.tasks import get_task
 
 REPO = Path(oversight.__file__).resolve().parents[1]
@@ -32,8 +33,8 @@ def test_an_exact_overseer_finds_what_its_budget_reaches_and_what_critiques_poin
     exact = HumanCapacity(
         budget=1, order="in_order"
     )  # no noise: checks unit 0 only, unless pointed elsewhere
-    unassisted = review_arm(SimulatedHuman(exact, task), task, items, [[] for _ in items])
-    gold = review_arm(
+    unassisted = critique_review(SimulatedHuman(exact, task), task, items, [[] for _ in items])
+    gold = critique_review(
         SimulatedHuman(exact, task), task, items, [[gold_critique_text(task, it)] for it in items]
     )
     at_top = np.array([it.flaw.location == 0 for it in items])
@@ -44,16 +45,16 @@ def test_an_exact_overseer_finds_what_its_budget_reaches_and_what_critiques_poin
     wrong = [
         [task.render_critique(type(it.flaw.critique())((it.flaw.location + 1) % 5, "0"))] for it in items
     ]
-    misled = review_arm(SimulatedHuman(exact, task), task, items, wrong)
+    misled = critique_review(SimulatedHuman(exact, task), task, items, wrong)
     assert not misled.found.any()
 
 
 def test_assistance_rows_on_a_known_case():
     outcomes = {
-        "unassisted": ArmOutcome(
+        "unassisted": ReviewOutcome(
             np.array([1, 0, 0, 0, 1, 0, 0, 0], bool), np.array([1, 0, 0, 1, 1, 0, 0, 0], bool)
         ),
-        "assisted": ArmOutcome(
+        "assisted": ReviewOutcome(
             np.array([1, 1, 1, 0, 1, 0, 0, 0], bool), np.array([1, 1, 1, 0, 1, 0, 0, 1], bool)
         ),
     }
