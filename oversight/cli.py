@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from oversight.config import Config, register_configs
 from oversight.registry import Experiment, RunContext, available_experiments, get_experiment
+from oversight.tracking.run_info import code_version
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -220,6 +221,7 @@ def main() -> None:
         report_command(sys.argv[2:])
         return
     keep_freed_memory()
+    code_version()  # the commit this process runs, read before any job (a sweep's jobs all run this code)
     if "--list-experiments" in sys.argv[1:]:
         for name, exp in sorted(available_experiments().items()):
             print(f"{name:20s} {exp.description}")

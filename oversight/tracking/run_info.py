@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import socket
@@ -74,15 +75,23 @@ def _jax_info() -> dict[str, Any]:
         return {"backend": None, "device_count": None, "local_device_count": None, "process_count": None}
 
 
-def write_run_info(run_dir: Path, seed: int) -> dict[str, Any]:
-    """Writes `run_dir/run_info.json` and returns its contents (also handy as W&B config)."""
+@functools.cache
+def code_version() -> tuple[str | None, bool | None]:
+    """(git commit, dirty) of the checkout, read once per process: the jobs of a sweep run the code the process
+    imported at its start, whatever is committed while they run."""
     commit = _git("rev-parse", "HEAD")
     # Dirty as in `git describe --dirty`: tracked files changed; untracked ones (run outputs) don't count.
     status = _git("status", "--porcelain", "--untracked-files=no") if commit is not None else None
+    return commit, None if status is None else bool(status)
+
+
+def write_run_info(run_dir: Path, seed: int) -> dict[str, Any]:
+    """Writes `run_dir/run_info.json` and returns its contents (also handy as W&B config)."""
+    commit, dirty = code_version()
     info = {
         "seed": seed,
         "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
+        "git_dirty": dirty,
         "packages": {name: _package_version(name) for name in PACKAGES},
         "python": platform.python_version(),
         "hostname": socket.gethostname(),

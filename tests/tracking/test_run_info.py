@@ -29,6 +29,13 @@ def test_default_packages_are_the_ones_that_decide_results():
     assert set(run_info.PACKAGES) >= {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers"}
 
 
+@pytest.fixture(autouse=True)
+def fresh_code_version():
+    run_info.code_version.cache_clear()  # read once per process: each test is a fresh process here
+    yield
+    run_info.code_version.cache_clear()
+
+
 def test_outside_a_git_checkout_the_commit_is_none(tmp_path, monkeypatch):
     monkeypatch.setattr(run_info, "CODE_DIR", tmp_path)
     info = write_run_info(tmp_path, seed=0)
@@ -57,6 +64,9 @@ def test_commit_and_dirty_flag_come_from_the_checkout_holding_the_code(tmp_path,
     assert info["git_dirty"] is False
 
     (tmp_path / "code.py").write_text("x = 2\n")
+    # a sweep's later jobs run the code the process started with: they record that, not the edit
+    assert write_run_info(tmp_path / "out", seed=0)["git_dirty"] is False
+    run_info.code_version.cache_clear()  # a new process
     assert write_run_info(tmp_path / "out", seed=0)["git_dirty"] is True
 
 
