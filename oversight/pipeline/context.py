@@ -50,14 +50,6 @@ class StepLedger:
         self._next += steps
         return self._ranges[name][0]
 
-    @property
-    def total(self) -> int:
-        return self._next
-
-    def ranges(self) -> dict[str, tuple[int, int]]:
-        """name -> (first global step, last global step) of every declared stage."""
-        return {name: (start + 1, start + n) for name, (start, n) in self._ranges.items()}
-
 
 class Results:
     """The run's results table: one row per measured quantity (metric, value, ci_low, ci_high, n, and the

@@ -99,7 +99,8 @@ class PPOTrainer:
         return actor_and_critic(nnx.merge(self.state_graphdef, self.state if state is None else state)[0])[0]
 
     def score(self, rm_params, prompts: list[list[int]], tokens, mask, state=None) -> dict[str, jax.Array]:
-        """The scoring phase on sampled responses (one row per prompt): proxy score, KL from the reference..."""
+        """The scoring phase on sampled responses (one row per prompt) against `rm_params`: the policy's and the
+        reference's log-probs, values, the reward model's score (`proxy`) and the summed KL from the reference."""
         p, pm = (jnp.asarray(x) for x in left_pad(prompts, self.prompt_len, self.ctx.tokenizer.pad_id))
         state = self.state if state is None else state
         return self.score_rollout(
