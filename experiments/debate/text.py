@@ -3,7 +3,7 @@
     oversight experiment=debate_text                      # about 5 min on 2 CPU cores
     oversight -m experiment=debate_text seed=0,1,2        # the 3-seed table
     oversight experiment=debate_text model=hf model.checkpoint=/path/to/hf tokenizer=/path/to/hf
-    oversight experiment=debate_text experiment.judge_checkpoint=/path/to/small_hf   # an imported judge too
+    oversight experiment=debate_text experiment.judge.model.checkpoint=/path/to/small_hf   # an imported judge
 
 The task is `oversight.tasks.passages` (a toy QuALITY with known ground truth, reference §11): a generated
 passage of facts ("Ada lives in Oslo."), a question asking one fact, the true city and a misleading one. A
@@ -24,7 +24,7 @@ its claim read against the candidate; optionally after the transcript so far: th
 (`seen_quotes`; by default none, null for all), each marked as its own or the opponent's and [v]/[u], read
 against the quoter's claim as the judge reads them, so in sequential debate the second speaker reads the
 first one's quote. It samples one
-(softmax at `temperature`, never repeating a quote) and argues a templated claim ("It is Lima."). One
+(softmax at `rl.temperature`, never repeating a quote) and argues a templated claim ("It is Lima."). One
 network plays both sides (self-play), trained by RL with the judge's verdict as reward (p(its answer), or
 log p) on fresh debate and consultancy games, honest and dishonest seats alike, with the core's pieces: the
 framework's jitted train step (`make_train_step`), the clipped surrogate of
@@ -32,23 +32,23 @@ framework's jitted train step (`make_train_step`), the clipped surrogate of
 an exact KL penalty to the initial policy (the choice is one categorical action, so the KL over candidates
 is computed in closed form).
 
-Judge. `judge=learned` (default): a transformer smaller than the debaters (`judge_d_model`, `judge_layers`;
-or `judge_checkpoint`, a Hugging Face folder) with a scalar `judge` head. It reads only the question, the
+Judge. `judge.kind=learned` (default): a transformer smaller than the debaters (`judge.model`, or
+`judge.model.checkpoint`, a Hugging Face folder) with a scalar `judge` head. It reads only the question, the
 answers and the transcript: each quote, marked [v] verified or [u] unverified, read against its quoter's
 claim, gets an evidence score; the verdict's log-odds for A are the sum of A's quotes' scores minus B's (a
 deliberately weak, additive reader: it cannot weigh one quote against another). It is trained with the
 true labels on transcripts of random quoters (debate, consultancy, empty), as Irving et al. trained theirs
 on random reveals, and stays fixed while the debaters train, so trained debaters can find its blind spots.
-Then (`judge_rounds` >= 1) it continues training on the trained debaters' own debate and consultancy
+Then (`judge.rounds` >= 1) it continues training on the trained debaters' own debate and consultancy
 transcripts of fresh training questions (true labels; half of each batch still random-quoter transcripts,
-`judge_retrain_mix`), and every protocol is measured again against it (stage "judge retrained"); further
+`judge.retrain_mix`), and every protocol is measured again against it (stage "judge retrained"); further
 rounds alternate debater training and judge retraining ("after r2", "judge retrained r2", ...).
-`judge=simulated`: a rule-based overseer that believes a verified quote stating the asked fact, is swayed
-by `overseer_gullibility` for any other verified quote naming an answer, and ignores unverified quotes.
+`judge.kind=simulated`: a rule-based overseer that believes a verified quote stating the asked fact, is
+swayed by `judge.gullibility` for any other verified quote naming an answer, and ignores unverified quotes.
 
 Models from the config: the debaters are `model` (any family or an imported checkpoint with `model=hf
-model.checkpoint=... tokenizer=...`); the learned judge takes the debaters' family and the tokenizer's
-vocabulary at its own smaller size, or `experiment.judge_checkpoint`. Texts are tokenized with `tokenizer`
+model.checkpoint=... tokenizer=...`); the learned judge is `experiment.judge.model` (its own family and
+size; the tokenizer's vocabulary), or `experiment.judge.model.checkpoint`. Texts are tokenized with `tokenizer`
 (character-level by default, a local Hugging Face tokenizer otherwise).
 
 Protocols on the same held-out questions, both answer orders, before and after debater training and after
@@ -66,7 +66,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import jax
@@ -77,10 +77,9 @@ import pandas as pd
 from flax import nnx
 
 from oversight import protocols as P
-from oversight.data.tokenizer import load_tokenizer
 from oversight.models import ModelConfig, build_model_config
-from oversight.pipeline import round_up
-from oversight.registry import Experiment, RunContext
+from oversight.pipeline import RunContext, Stage, round_up, stable_seed
+from oversight.registry import Experiment
 from oversight.stats import proportion_row, wilson_interval
 from oversight.tasks.passages import (
     CITIES,
@@ -97,12 +96,52 @@ from oversight.tasks.passages import (
     training_questions,
 )
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
-from oversight.training.policy_gradient import policy_gradient_loss
+from oversight.training.policy_gradient import PolicyGradientConfig, policy_gradient_loss
 from oversight.training.sft import epoch_batches
 
 JUDGES = ("learned", "simulated")
 TRAIN_GAMES = ("debate", "consultancy", "both")
 REWARDS = ("prob", "log")
+
+
+@dataclass
+class QuoteJudgeConfig:
+    # "learned": a transformer with a scalar `judge` head, trained with the true labels on random quoters'
+    # transcripts; "simulated": a rule-based overseer (believes a verified quote stating the asked fact, is
+    # swayed by `gullibility` for any other verified quote naming an answer, ignores unverified quotes).
+    kind: str = "learned"
+    # The learned judge's transformer, smaller than the debaters; its vocabulary and length are set from the
+    # tokenizer and the longest judge text. `model.checkpoint`: a Hugging Face folder instead.
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=64, n_layers=2, n_heads=4))
+    # Its training on random quoters' transcripts (the learning-rate schedule of retraining too).
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=500, batch_size=64, learning_rate=0.002, warmup_steps=50, weight_decay=0.0, log_every=50
+        )
+    )
+    # Questions whose random-quoter transcripts train it (8 transcripts each).
+    questions: int = 2000
+    # Simulated overseer: pull of a verified quote that mentions an answer without stating the asked fact.
+    gullibility: float = 1.0
+    # Rounds of: train the debaters against the current judge, then retrain the judge on their transcripts
+    # (learned judge only, stage "judge retrained"; 0: the random-quoter judge throughout).
+    rounds: int = 1
+    # Fresh *training* questions per round (never held-out ones) whose trained-debater transcripts, debate
+    # and consultancy (honest and dishonest), both orders, the judge is retrained on.
+    retrain_questions: int = 500
+    retrain_steps: int = 300
+    # Fraction of each retraining batch drawn from the original random-quoter transcripts (0: none).
+    retrain_mix: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in JUDGES:
+            raise ValueError(f"experiment.judge.kind={self.kind!r} is not one of {', '.join(JUDGES)}")
+        if self.questions < 1 or self.retrain_questions < 1:
+            raise ValueError("experiment.judge.questions and judge.retrain_questions must be >= 1")
+        if self.rounds < 0 or self.retrain_steps < 0:
+            raise ValueError("experiment.judge.rounds and judge.retrain_steps must be >= 0")
+        if not 0.0 <= self.retrain_mix <= 1.0:
+            raise ValueError(f"experiment.judge.retrain_mix={self.retrain_mix} must be in [0, 1]")
 
 
 @dataclass
@@ -122,61 +161,25 @@ class TextDebateOptions:
     simultaneous: bool = False
     # Characters of quoted text per turn.
     max_quote_chars: int = 80
-    # --- judge
-    judge: str = "learned"
-    judge_d_model: int = 64
-    judge_layers: int = 2
-    judge_heads: int = 4
-    # A Hugging Face folder for the judge instead of a fresh small transformer.
-    judge_checkpoint: str | None = None
-    # Questions whose random-quoter transcripts train the judge (8 transcripts each).
-    judge_questions: int = 2000
-    judge_steps: int = 500
-    judge_batch: int = 64
-    judge_learning_rate: float = 0.002
-    # Simulated overseer: pull of a verified quote that mentions an answer without stating the asked fact.
-    overseer_gullibility: float = 1.0
-    # --- judge retraining on trained debaters' transcripts (learned judge only; stage "judge retrained")
-    # Rounds of: train the debaters against the current judge, then retrain the judge on their transcripts
-    # (0: the judge stays the random-quoter one throughout, as before).
-    judge_rounds: int = 1
-    # Fresh *training* questions per round (never held-out ones) whose trained-debater transcripts, debate
-    # and consultancy (honest and dishonest), both orders, the judge is retrained on.
-    judge_retrain_questions: int = 500
-    judge_retrain_steps: int = 300
-    # Fraction of each retraining batch drawn from the original random-quoter transcripts (0: none).
-    judge_retrain_mix: float = 0.5
-    # --- debater RL (self-play, the judge's verdict as reward)
-    rl_iterations: int = 20
-    # Fresh questions per iteration (played in both orders; consultancy honest and dishonest).
-    rollout_questions: int = 16
+    judge: QuoteJudgeConfig = field(default_factory=QuoteJudgeConfig)
+    # --- debater RL (self-play, the judge's verdict as reward): `rl.rollout_batch` fresh questions per
+    # iteration, played in both orders as `train_games` (debate, consultancy honest and dishonest, or both).
+    rl: PolicyGradientConfig = field(default_factory=PolicyGradientConfig)
     train_games: str = "both"
-    rl_learning_rate: float = 0.001
-    rl_epochs: int = 2
-    rl_minibatches: int = 2
-    clip_eps: float = 0.2
-    kl_coef: float = 0.02
-    ent_coef: float = 0.0
-    temperature: float = 1.0
+    # Reward of a seat: judge probability of its answer ("prob") or its log ("log", Michael et al.).
+    reward: str = "prob"
     # Quotes of the transcript so far the debater reads (the most recent, with who made them and their
     # [v]/[u] marks): null for all of them (transcript_quotes - 1 at most), 0 for none (transcript-blind).
     # 0 by default: reading them measured no better over 3 seeds (at f356fae: debate after training 0.809
-    # against 0.897 blind) at twice the input length, and this judge scores each quote on its own (README).
+    # against 0.897 blind) at twice the input length, and this judge scores each quote on its own.
     seen_quotes: int | None = 0
-    # Reward of a seat: judge probability of its answer ("prob") or its log ("log", Michael et al.).
-    reward: str = "prob"
     # Debaters evaluated by their most likely quote instead of a sample.
     eval_greedy: bool = False
     # Bootstrap resamples for the log-score / ECE / Brier intervals.
     bootstrap: int = 1000
 
     def __post_init__(self) -> None:
-        choices = (
-            ("liar_answer", LIAR_ANSWERS),
-            ("judge", JUDGES),
-            ("train_games", TRAIN_GAMES),
-            ("reward", REWARDS),
-        )
+        choices = (("liar_answer", LIAR_ANSWERS), ("train_games", TRAIN_GAMES), ("reward", REWARDS))
         for key, allowed in choices:
             if getattr(self, key) not in allowed:
                 raise ValueError(
@@ -193,18 +196,8 @@ class TextDebateOptions:
                 raise ValueError(f"experiment.{key}={getattr(self, key)} must be in {lo}..{hi}")
         if self.entities * self.relations < 2:
             raise ValueError("experiment.entities x relations must give at least 2 sentences")
-        if self.rollout_questions < 1 or self.eval_questions < 1 or self.judge_questions < 1:
-            raise ValueError("experiment.rollout_questions, eval_questions and judge_questions must be >= 1")
-        if self.rl_epochs < 1 or self.rl_minibatches < 1 or self.rl_iterations < 0:
-            raise ValueError("experiment.rl_epochs and rl_minibatches must be >= 1, rl_iterations >= 0")
-        if self.temperature <= 0:
-            raise ValueError(f"experiment.temperature={self.temperature} must be > 0")
-        if self.judge_rounds < 0 or self.judge_retrain_questions < 1 or self.judge_retrain_steps < 0:
-            raise ValueError(
-                "experiment.judge_rounds and judge_retrain_steps must be >= 0, judge_retrain_questions >= 1"
-            )
-        if not 0.0 <= self.judge_retrain_mix <= 1.0:
-            raise ValueError(f"experiment.judge_retrain_mix={self.judge_retrain_mix} must be in [0, 1]")
+        if self.eval_questions < 1:
+            raise ValueError(f"experiment.eval_questions={self.eval_questions} must be >= 1")
         if self.seen_quotes is not None and self.seen_quotes < 0:
             raise ValueError(f"experiment.seen_quotes={self.seen_quotes} must be >= 0 (or null for all)")
 
@@ -479,14 +472,12 @@ class JudgeTrainer:
     every retraining stage continue the same judge with the same compiled step (batch shape fixed)."""
 
     def __init__(self, model_cfg, opts, tokenizer, length, seed, mesh, rules):
-        train_cfg = TrainConfig(
-            steps=opts.judge_steps, batch_size=opts.judge_batch, learning_rate=opts.judge_learning_rate,
-            warmup_steps=min(50, opts.judge_steps // 10), weight_decay=0.0,
-        )  # fmt: skip
+        train_cfg = opts.judge.train
         tx = make_optimizer(train_cfg)
         self.graphdef, self.state, shardings = init_train_state(model_cfg, tx, seed, mesh, rules)
         self.step_fn = make_train_step(self.graphdef, judge_loss, shardings, mesh, rules)
-        self.tokenizer, self.length, self.batch = tokenizer, length, opts.judge_batch
+        self.tokenizer, self.length, self.batch = tokenizer, length, train_cfg.batch_size
+        self.log_every = train_cfg.log_every
         self.slots = transcript_quotes(opts)
 
     def encode(self, views, labels) -> dict[str, np.ndarray]:
@@ -495,8 +486,8 @@ class JudgeTrainer:
         data["label"] = np.asarray(labels, np.int32)[:, None]
         return data
 
-    def fit(self, parts, steps: int, seed: int, log, prefix: str = "judge") -> QuoteJudge:
-        """`steps` optimizer steps; each batch takes round(fraction x judge_batch) rows from each part of
+    def fit(self, parts, stage: Stage, seed: int, log, prefix: str = "judge") -> QuoteJudge:
+        """The stage's optimizer steps; each batch takes round(fraction x batch_size) rows from each part of
         `parts`, [(data, fraction)] (the last part fills the batch). Returns the judge as trained so far."""
         counts = [round(f * self.batch) for _, f in parts[:-1]]
         counts.append(self.batch - sum(counts))
@@ -505,16 +496,16 @@ class JudgeTrainer:
             n = len(data["label"])
             if k > n:
                 raise ValueError(
-                    f"experiment.judge_batch={self.batch}: {k} rows per batch from {n} transcripts"
+                    f"experiment.judge.train.batch_size={self.batch}: {k} rows per batch from {n} transcripts"
                 )
             if k:
                 batch_fns.append(epoch_batches(data, k, seed + i))
-        for step in range(steps):
+        for step in range(stage.steps):
             pieces = [batch_fn(step) for batch_fn in batch_fns]
             batch = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
             self.state, metrics = self.step_fn(self.state, batch)
-            if (step + 1) % 50 == 0 or step + 1 == steps:
-                log({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, step + 1)
+            if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
+                log({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, stage.offset + step + 1)
         return self.judge()
 
     def judge(self) -> QuoteJudge:
@@ -524,11 +515,15 @@ class JudgeTrainer:
                             self.slots)  # fmt: skip
 
 
-def train_judge_stage(model_cfg, views, labels, opts, tokenizer, length, seed, mesh, rules, log):
+def train_judge_stage(ctx: RunContext, model_cfg, views, labels, length):
     """(judge, trainer, data): the random-quoter judge, the trainer that retraining continues, its data."""
-    trainer = JudgeTrainer(model_cfg, opts, tokenizer, length, seed, mesh, rules)
+    opts = ctx.options
+    trainer = JudgeTrainer(
+        model_cfg, opts, ctx.tokenizer, length, ctx.seed("judge/init"), ctx.mesh, ctx.rules
+    )
     data = trainer.encode(views, labels)
-    return trainer.fit([(data, 1.0)], opts.judge_steps, seed, log), trainer, data
+    stage = ctx.stage("judge", opts.judge.train.steps)
+    return trainer.fit([(data, 1.0)], stage, ctx.seed("judge/batches"), ctx.tracker.log), trainer, data
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -664,14 +659,13 @@ def seat_rewards(outcomes: list[P.Outcome], questions: dict, kind: str) -> dict[
     return out
 
 
-def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, schedules, budget, log):
-    """Self-play RL: both sides are the same policy; each seat is rewarded by the judge's verdict."""
+def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, schedules, budget, stage, log):
+    """Self-play RL: both sides are the same policy; each seat is rewarded by the judge's verdict. One
+    `stage` step per iteration; `seed` draws the rollouts' questions and minibatches."""
     channel = P.QuoteChannel()
-    step = 0
-    for it in range(opts.rl_iterations):
-        questions = make_questions(
-            opts.rollout_questions, opts.passages, seed + 7919 * (it + 1), prefix=f"r{it}_"
-        )
+    rl = opts.rl
+    for it in range(rl.iterations):
+        questions = make_questions(rl.rollout_batch, opts.passages, stable_seed(seed, it), prefix=f"r{it}_")
         by_id = {q.id: q for q in questions}
         policy.state, policy.record = state, []
         games = []
@@ -701,18 +695,17 @@ def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, sched
             "advantage": adv[:, None].astype(np.float32),  # (N, 1)
         }
         n = len(decisions)
-        size = n // opts.rl_minibatches
+        size = n // rl.minibatches
         rng = np.random.default_rng([seed, it])
-        for _ in range(opts.rl_epochs):
+        for _ in range(rl.epochs):
             perm = rng.permutation(n)
-            for m in range(opts.rl_minibatches):
+            for m in range(rl.minibatches):
                 idx = perm[m * size : (m + 1) * size]
                 state, metrics = step_fn(state, {k: v[idx] for k, v in batch.items()})
-                step += 1
         stats = {f"rl/{k}": float(v) for k, v in metrics.items()}
         stats["rl/honest_reward"] = float(r[honest].mean()) if honest.any() else float("nan")
         stats["rl/liar_reward"] = float(r[~honest].mean()) if (~honest).any() else float("nan")
-        log(stats, it + 1)
+        log(stats, stage.offset + it + 1)
     policy.state = state
     return state
 
@@ -791,10 +784,10 @@ def run(ctx: RunContext) -> None:
     cfg, opts = ctx.cfg, ctx.options
     mesh, rules = ctx.mesh, cfg.mesh.rules
     t_start = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = ctx.tokenizer
     heads = list(dict.fromkeys([*cfg.model.scalar_heads, "quote"]))
     debater_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=heads), tokenizer)
-    eval_qs = make_questions(opts.eval_questions, opts.passages, cfg.seed * 1_000_003 + 1, prefix="e")
+    eval_qs = make_questions(opts.eval_questions, opts.passages, ctx.seed("questions/eval"), prefix="e")
     eval_by_id = {q.id: q for q in eval_qs}
     policy_len, judge_len = text_lengths(tokenizer, opts)
     n_cand = opts.entities * opts.relations + 1
@@ -811,64 +804,57 @@ def run(ctx: RunContext) -> None:
     channel = P.QuoteChannel()
     rows: list[dict] = []
     summary: dict[str, float] = {}
-    common = {"judge": opts.judge, "evidence_per_side": opts.evidence_per_side, "evidence_unit": "quote",
+    common = {"judge": opts.judge.kind, "evidence_per_side": opts.evidence_per_side, "evidence_unit": "quote",
               "liar_answer": opts.liar_answer, "simultaneous": opts.simultaneous}  # fmt: skip
-
-    logged = 0
-
-    def log(metrics: dict, _step: int) -> None:
-        """One increasing step count over the judge and RL stages (trackers need monotonic steps)."""
-        nonlocal logged
-        logged += 1
-        ctx.tracker.log(metrics, logged)
 
     # --- judge
     t_judge = time.perf_counter()
-    if opts.judge == "learned":
-        if opts.judge_checkpoint:
-            judge_cfg = build_model_config(ModelConfig(checkpoint=opts.judge_checkpoint, scalar_heads=["judge"]),
-                                           tokenizer)  # fmt: skip
+    if opts.judge.kind == "learned":
+        judge_cfg = dataclasses.replace(opts.judge.model, scalar_heads=["judge"])
+        if judge_cfg.checkpoint:
+            judge_cfg = build_model_config(judge_cfg, tokenizer)
+            if judge_len > judge_cfg.max_seq_len:
+                raise ValueError(
+                    f"experiment.judge.model.checkpoint: max_seq_len {judge_cfg.max_seq_len} < judge texts of"
+                    f" {judge_len} tokens"
+                )
         else:
-            judge_cfg = ModelConfig(
-                family=debater_cfg.family, vocab_size=tokenizer.vocab_size, d_model=opts.judge_d_model,
-                n_layers=opts.judge_layers, n_heads=opts.judge_heads, max_seq_len=judge_len,
-                scalar_heads=["judge"], tie_embeddings=True, dtype=debater_cfg.dtype,
-            )  # fmt: skip
-        if judge_len > judge_cfg.max_seq_len:
-            raise ValueError(
-                f"experiment.judge_checkpoint: max_seq_len {judge_cfg.max_seq_len} < judge texts of {judge_len}"
-            )
-        train_qs = make_questions(opts.judge_questions, opts.passages, cfg.seed * 1_000_003 + 2, prefix="j")
-        views, labels = judge_training_views(train_qs, opts, schedules, budget, cfg.seed + 3)
-        judge, judge_trainer, random_data = train_judge_stage(
-            judge_cfg, views, labels, opts, tokenizer, judge_len, cfg.seed + 4, mesh, rules, log
+            judge_cfg = dataclasses.replace(judge_cfg, vocab_size=tokenizer.vocab_size, max_seq_len=judge_len)
+        train_qs = make_questions(
+            opts.judge.questions, opts.passages, ctx.seed("questions/judge"), prefix="j"
         )
+        views, labels = judge_training_views(
+            train_qs, opts, schedules, budget, ctx.seed("judge/random_quoters")
+        )
+        judge, judge_trainer, random_data = train_judge_stage(ctx, judge_cfg, views, labels, judge_len)
         summary["judge/params"] = judge_cfg.num_params()
     else:
-        judge = simulated_judge(opts.overseer_gullibility)
+        judge = simulated_judge(opts.judge.gullibility)
     summary["time/judge_s"] = time.perf_counter() - t_judge
 
     # --- debaters
-    train_cfg = TrainConfig(steps=max(1, opts.rl_iterations * opts.rl_epochs * opts.rl_minibatches),
-                            learning_rate=opts.rl_learning_rate, warmup_steps=0, weight_decay=0.0)  # fmt: skip
+    rl = opts.rl
+    train_cfg = TrainConfig(steps=max(1, rl.iterations * rl.epochs * rl.minibatches),
+                            learning_rate=rl.learning_rate, warmup_steps=0, weight_decay=0.0)  # fmt: skip
     tx = make_optimizer(train_cfg)
-    graphdef, state, shardings = init_train_state(debater_cfg, tx, cfg.seed + 5, mesh, rules)
+    graphdef, state, shardings = init_train_state(debater_cfg, tx, ctx.seed("debaters/init"), mesh, rules)
     ref_state = jax.tree.map(jnp.copy, state)  # the initial policy (the train step donates `state`)
-    loss = partial(policy_loss, clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ent_coef=opts.ent_coef,
-                   temperature=opts.temperature)  # fmt: skip
+    loss = partial(policy_loss, clip_eps=rl.clip_eps, kl_coef=rl.kl_coef, ent_coef=rl.ent_coef,
+                   temperature=rl.temperature)  # fmt: skip
     step_fn = make_train_step(graphdef, loss, shardings, mesh, rules)
     summary["debater/params"] = debater_cfg.num_params()
 
-    def agent(state, name, seed):
-        return QuotePolicy(graphdef, state, tokenizer, policy_len, n_cand, temperature=opts.temperature,
-                           greedy=opts.eval_greedy, seed=seed, ref_state=ref_state, name=name,
+    def agent(state, name, stream):
+        return QuotePolicy(graphdef, state, tokenizer, policy_len, n_cand, temperature=rl.temperature,
+                           greedy=opts.eval_greedy, seed=ctx.seed(stream), ref_state=ref_state, name=name,
                            seen=seen_quotes(opts))  # fmt: skip
 
     table: dict[str, float] = {}
 
     def add(method, stage, outcomes, protocol, round_=0):
         extra = {**common, "method": method, "stage": stage, "protocol": protocol, "round": round_}
-        rows.extend(P.protocol_rows("debate", outcomes, n_resamples=opts.bootstrap, seed=cfg.seed, **extra))
+        rows.extend(P.protocol_rows("debate", outcomes, n_resamples=opts.bootstrap, seed=ctx.seed("bootstrap"),
+                                    **extra))  # fmt: skip
         acc = float(np.mean([o.correct for o in outcomes]))
         table[f"{method} [{stage}]"] = acc
         summary[f"debate/accuracy/{method}/{stage}"] = acc
@@ -894,7 +880,7 @@ def run(ctx: RunContext) -> None:
         add("debate", stage, d, "debate", round_)
         return d
 
-    initial = agent(ref_state, "initial", cfg.seed + 6)
+    initial = agent(ref_state, "initial", "debaters/initial")
     self_play = {"initial": evaluate("before", initial)}
 
     def crossplay(trained):
@@ -917,23 +903,24 @@ def run(ctx: RunContext) -> None:
                          "agent": name, "side": side, **common})  # fmt: skip
             summary[f"debate/elo/{name}_{side}"] = rating
 
-    # Rounds: the debaters train against the current judge ("after"), then (learned judge, judge_rounds > 0)
+    # Rounds: the debaters train against the current judge ("after"), then (learned judge, judge.rounds > 0)
     # the judge continues training on their transcripts ("judge retrained") and every protocol is measured
     # again with the same debaters; later rounds repeat both ("after r2", "judge retrained r2", ...).
-    retrain = opts.judge == "learned" and opts.judge_rounds > 0
+    retrain = opts.judge.kind == "learned" and opts.judge.rounds > 0
     debater_pool: list[dict] = []  # trained debaters' transcripts of every round so far (encoded)
     summary["time/rl_s"] = summary["time/judge_retrain_s"] = 0.0
-    for r in range(1, max(1, opts.judge_rounds) + 1):
+    for r in range(1, max(1, opts.judge.rounds) + 1):
         suffix = "" if r == 1 else f" r{r}"
         t_rl = time.perf_counter()
         if r > 1:  # a fresh RL stage from the current debater: new optimizer state, same compiled step
             state = fresh_optimizer(state)
-        trainee = agent(state, "trained", cfg.seed + 7 + 100 * (r - 1))
+        trainee = agent(state, "trained", f"debaters/r{r}/rollouts")
         trainee.greedy = False
-        rl_seed = cfg.seed * 1_000_003 + 8 + 1000 * (r - 1)
-        state = train_debaters(trainee, step_fn, state, judge, opts, rl_seed, schedules, budget, log)
+        stage = ctx.stage(f"debaters/r{r}", rl.iterations)
+        state = train_debaters(trainee, step_fn, state, judge, opts, ctx.seed(f"rl/r{r}"), schedules, budget,
+                               stage, ctx.tracker.log)  # fmt: skip
         summary["time/rl_s"] += time.perf_counter() - t_rl
-        trained = agent(state, "trained", cfg.seed + 9 + 100 * (r - 1))
+        trained = agent(state, "trained", f"debaters/r{r}/eval")
         debates = evaluate(f"after{suffix}", trained, r)
         if r == 1:
             self_play["trained"] = debates
@@ -942,16 +929,16 @@ def run(ctx: RunContext) -> None:
             continue
         # Retraining data: the trained debaters' debate and consultancy transcripts on fresh training
         # questions (never a held-out one), labelled with the truth. We mix in the original random-quoter
-        # transcripts (`judge_retrain_mix` of each batch) and keep the transcripts of earlier rounds'
+        # transcripts (`judge.retrain_mix` of each batch) and keep the transcripts of earlier rounds'
         # debaters: the trained debaters cover a narrow set of moves (mostly the deciding sentence for the
         # honest side, one kind of quote for the liar), so a judge fitted to them alone could forget what it
         # learned about quotes they no longer make (fabrications, misleading sentences) and be exploited by
         # the next debaters there; replaying the broad random-quoter data (and past debaters, as fictitious
         # play does) guards against that.
         t_judge = time.perf_counter()
-        retrain_qs = training_questions(opts.judge_retrain_questions, opts.passages, cfg.seed * 1_000_003 + 10 + r,
-                                        f"k{r}_", held_out=eval_qs)  # fmt: skip
-        player = agent(state, "trained", cfg.seed + 11 + 100 * (r - 1))
+        retrain_qs = training_questions(opts.judge.retrain_questions, opts.passages,
+                                        ctx.seed(f"questions/retrain/r{r}"), f"k{r}_", held_out=eval_qs)  # fmt: skip
+        player = agent(state, "trained", f"debaters/r{r}/retrain")
         views, labels = [], []
         for i in range(0, len(retrain_qs), opts.eval_questions):  # the evaluation's batch shapes
             v, y = judge_training_views(retrain_qs[i : i + opts.eval_questions], opts, schedules, budget, 0,
@@ -963,8 +950,11 @@ def run(ctx: RunContext) -> None:
         debater_pool.append(judge_trainer.encode(views, labels))
         pool = {k: np.concatenate([d[k] for d in debater_pool]) for k in debater_pool[0]}
         judge_trainer.state = fresh_optimizer(judge_trainer.state)
-        parts = [(random_data, opts.judge_retrain_mix), (pool, 1.0 - opts.judge_retrain_mix)]
-        judge = judge_trainer.fit(parts, opts.judge_retrain_steps, cfg.seed + 12 + r, log, "judge_retrain")
+        parts = [(random_data, opts.judge.retrain_mix), (pool, 1.0 - opts.judge.retrain_mix)]
+        stage = ctx.stage(f"judge_retrain/r{r}", opts.judge.retrain_steps)
+        judge = judge_trainer.fit(
+            parts, stage, ctx.seed(f"judge_retrain/r{r}"), ctx.tracker.log, "judge_retrain"
+        )
         p_a = np.asarray(judge(views))
         summary[f"judge_retrain/accuracy_after/r{r}"] = float(np.mean((p_a >= 0.5) == (labels == 1)))
         summary[f"judge_retrain/transcripts/r{r}"] = len(pool["label"])
@@ -974,7 +964,7 @@ def run(ctx: RunContext) -> None:
     ctx.tracker.table("results", rows)
     summary["time/total_s"] = time.perf_counter() - t_start
     ctx.tracker.summary(summary)
-    print(f"debate_text: {len(eval_qs)} held-out questions, both answer orders, judge {opts.judge}")
+    print(f"debate_text: {len(eval_qs)} held-out questions, both answer orders, judge {opts.judge.kind}")
     for method, acc in table.items():
         print(f"  {method:34s} {acc:.3f}")
     print(f"{summary['time/total_s']:.0f} s   run folder {ctx.run_dir}")

@@ -9,8 +9,54 @@ with its value loss, is `oversight.training.ppo.ppo_objective`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
+
+
+@dataclass
+class PolicyGradientConfig:
+    """A policy-gradient stage of small-action RL: rollouts, then epochs of minibatch updates of the clipped
+    surrogate (with a KL penalty to the initial policy and an entropy bonus)."""
+
+    # Rollout-then-update iterations.
+    iterations: int = 20
+    # Episodes rolled out per iteration (what an episode is belongs to the experiment: in text debate, a
+    # question played in both answer orders, as debate and as consultancy).
+    rollout_batch: int = 16
+    # Learning rate (AdamW, cosine decay to a tenth over every update of the stage; no warm-up).
+    learning_rate: float = 1e-3
+    # Optimisation epochs over each rollout, each a fresh permutation split into `minibatches`.
+    epochs: int = 2
+    minibatches: int = 2
+    # Ratio clip ε of the surrogate.
+    clip_eps: float = 0.2
+    # Coefficient of KL(π || π_initial), the penalty that keeps the policy near where it started.
+    kl_coef: float = 0.02
+    # Entropy bonus coefficient.
+    ent_coef: float = 0.0
+    # Sampling temperature of the rollouts (log-probs are of logits / temperature).
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.rollout_batch < 1:
+            raise ValueError(
+                f"policy gradient: iterations={self.iterations} must be >= 0, rollout_batch={self.rollout_batch} >= 1"
+            )
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError(
+                f"policy gradient: epochs={self.epochs} and minibatches={self.minibatches} must be >= 1"
+            )
+        if self.clip_eps <= 0 or self.temperature <= 0 or self.learning_rate <= 0:
+            raise ValueError(
+                f"policy gradient: clip_eps={self.clip_eps}, temperature={self.temperature} and "
+                f"learning_rate={self.learning_rate} must be > 0"
+            )
+        if self.kl_coef < 0 or self.ent_coef < 0:
+            raise ValueError(
+                f"policy gradient: kl_coef={self.kl_coef} and ent_coef={self.ent_coef} must be >= 0"
+            )
 
 
 def policy_gradient_loss(

@@ -21,6 +21,7 @@ from oversight import protocols as P
 from oversight.data.tokenizer import CharTokenizer, load_tokenizer
 from oversight.models import ModelConfig, Transformer
 from oversight.parallel import MeshConfig, make_mesh
+from oversight.pipeline import Stage
 from oversight.stats import wilson_interval
 from oversight.tasks import passages
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
@@ -70,8 +71,12 @@ def test_a_blind_judge_cannot_beat_chance_by_construction():
 
 
 def test_bad_options_name_the_key():
-    with pytest.raises(ValueError, match="experiment.judge='human'"):
-        T.TextDebateOptions(judge="human")
+    with pytest.raises(ValueError, match="experiment.judge.kind='human'"):
+        T.QuoteJudgeConfig(kind="human")
+    with pytest.raises(ValueError, match="experiment.judge.retrain_mix=1.5 must be in"):
+        T.QuoteJudgeConfig(retrain_mix=1.5)
+    with pytest.raises(ValueError, match="policy gradient: epochs=0"):
+        T.PolicyGradientConfig(epochs=0)
     with pytest.raises(ValueError, match="experiment.entities=1 must be in 2..14"):
         T.TextDebateOptions(entities=1)
     with pytest.raises(ValueError, match="experiment.liar_answer"):
@@ -328,11 +333,12 @@ def test_judge_retraining_questions_are_never_held_out_ones():
                 assert e.verified == P.verify_quote(e.content, q.source)
 
 
-def test_judge_batches_mix_the_parts_in_their_fractions_each_part_in_its_own_permutations():
+def test_judge_batches_mix_the_parts_in_their_fractions_each_part_in_its_own_permutations(tmp_path):
     """JudgeTrainer.fit: every batch takes round(fraction x batch) rows from each part; a part's rows come
     in permutations (each row once per epoch); a part too small for its share is a clear error."""
     trainer = object.__new__(T.JudgeTrainer)  # only the batching: no model, a step that records the batch
-    trainer.batch, trainer.state, batches = 4, None, []
+    trainer.batch, trainer.log_every, trainer.state, batches = 4, 1, None, []
+    stage = lambda steps: Stage("judge", steps, 0, tmp_path, None)  # noqa: E731
 
     def step(state, batch):
         batches.append(batch["label"][:, 0].copy())
@@ -341,14 +347,14 @@ def test_judge_batches_mix_the_parts_in_their_fractions_each_part_in_its_own_per
     trainer.step_fn, trainer.judge = step, lambda: "judge"
     small = {"label": np.arange(6)[:, None], "x": np.zeros((6, 3))}
     large = {"label": 100 + np.arange(10)[:, None], "x": np.zeros((10, 3))}
-    assert trainer.fit([(small, 0.25), (large, 0.75)], 6, seed=0, log=lambda *a: None) == "judge"
+    assert trainer.fit([(small, 0.25), (large, 0.75)], stage(6), seed=0, log=lambda *a: None) == "judge"
     assert len(batches) == 6 and all(len(b) == 4 and (b < 100).sum() == 1 for b in batches)
     assert sorted(int(r) for b in batches for r in b if r < 100) == list(range(6))  # one epoch of `small`
     first_epoch = [int(r) for b in batches[:3] for r in b if r >= 100]  # 3 batches x 3 rows of 10
     assert len(set(first_epoch)) == 9
     trainer.batch = 8
-    with pytest.raises(ValueError, match="judge_batch=8: 8 rows per batch from 6 transcripts"):
-        trainer.fit([(small, 1.0)], 1, seed=0, log=lambda *a: None)
+    with pytest.raises(ValueError, match="judge.train.batch_size=8: 8 rows per batch from 6 transcripts"):
+        trainer.fit([(small, 1.0)], stage(1), seed=0, log=lambda *a: None)
 
 
 def test_the_retraining_stage_trains_only_on_training_questions_and_is_measured_on_held_out_ones(
@@ -366,9 +372,10 @@ def test_the_retraining_stage_trains_only_on_training_questions_and_is_measured_
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            *TINY, "experiment.eval_questions=8", "experiment.rl_iterations=1", "experiment.judge_rounds=2",
-            "experiment.judge_questions=16", "experiment.judge_steps=10", "experiment.bootstrap=10",
-            "experiment.judge_retrain_questions=10", "experiment.judge_retrain_steps=5",
+            *TINY, "experiment.eval_questions=8", "experiment.rl.iterations=1", "experiment.judge.rounds=2",
+            "experiment.judge.questions=16", "experiment.judge.train.steps=10", "experiment.bootstrap=10",
+            "experiment.judge.train.warmup_steps=1", "experiment.judge.retrain_questions=10",
+            "experiment.judge.retrain_steps=5",
         ])  # fmt: skip
     typed, _, options = validate(cfg)
     made, retrain_sets, judged = {}, [], []
@@ -387,9 +394,9 @@ def test_the_retraining_stage_trains_only_on_training_questions_and_is_measured_
     monkeypatch.setattr(T, "judge_training_views", spy_views)
     fit = T.JudgeTrainer.fit
 
-    def spy_fit(self, parts, steps, seed, log, prefix="judge"):
+    def spy_fit(self, parts, stage, seed, log, prefix="judge"):
         judged.append([len(d["label"]) for d, _ in parts])
-        return fit(self, parts, steps, seed, log, prefix)
+        return fit(self, parts, stage, seed, log, prefix)
 
     monkeypatch.setattr(T.JudgeTrainer, "fit", spy_fit)
 
@@ -447,16 +454,17 @@ TINY = [
     "model.d_model=32",
     "model.n_layers=1",
     "experiment.eval_questions=24",
-    "experiment.judge_questions=64",
-    "experiment.judge_steps=30",
-    "experiment.judge_batch=32",
-    "experiment.judge_d_model=16",
-    "experiment.judge_layers=1",
-    "experiment.rl_iterations=2",
-    "experiment.rollout_questions=4",
+    "experiment.judge.questions=64",
+    "experiment.judge.train.steps=30",
+    "experiment.judge.train.warmup_steps=3",
+    "experiment.judge.train.batch_size=32",
+    "experiment.judge.model.d_model=16",
+    "experiment.judge.model.n_layers=1",
+    "experiment.rl.iterations=2",
+    "experiment.rl.rollout_batch=4",
     "experiment.bootstrap=50",
-    "experiment.judge_retrain_questions=12",
-    "experiment.judge_retrain_steps=10",
+    "experiment.judge.retrain_questions=12",
+    "experiment.judge.retrain_steps=10",
 ]
 
 
@@ -604,7 +612,7 @@ def test_the_cli_runs_with_a_tiny_imported_hugging_face_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     args = [a for a in TINY if not a.startswith("model.")]
     _oversight(*args, "model=hf", f"model.checkpoint={ckpt}", f"tokenizer={ckpt}",
-               f"experiment.judge_checkpoint={ckpt}", f"hydra.run.dir={run_dir}")  # fmt: skip
+               f"experiment.judge.model.checkpoint={ckpt}", f"hydra.run.dir={run_dir}")  # fmt: skip
     rows = _rows(run_dir)
     acc = {(r["method"], r["stage"]) for r in rows if r["metric"] == "debate/accuracy"}
     assert ("debate", "after") in acc and ("consultancy", "before") in acc
