@@ -183,18 +183,6 @@ def run(ctx: RunContext) -> None:
     ctx.tracker.summary(
         {f"{r['metric']}/{r['set']}/{r.get('arm', '')}".rstrip("/"): r["value"] for r in rows}
     )
-    print(format_table(rows))
-    print(f"run folder {ctx.run_dir}")
-
-
-def format_table(rows: list[dict]) -> str:
-    lines = ["| set | arm | metric | value | 95% interval | n |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['set']} | {r.get('arm', '')} | {r['metric']} | {r['value']:.3f} | "
-            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['n']} |"
-        )
-    return "\n".join(lines)
 
 
 EXPERIMENT = Experiment(

@@ -270,19 +270,6 @@ def run(ctx: RunContext) -> None:
 
     ctx.tracker.table("results", rows)
     ctx.tracker.summary({r["metric"]: r["value"] for r in rows if r.get("flaw_type", "all") == "all"})
-    print(format_table(rows))
-    print(f"run folder {ctx.run_dir}")
-
-
-def format_table(rows: list[dict]) -> str:
-    """The results as a Markdown table (what the README shows)."""
-    lines = ["| metric | flaw type | value | 95% interval | n |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['metric']} | {r.get('flaw_type', 'all')} | {r['value']:.3f} | "
-            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['n']} |"
-        )
-    return "\n".join(lines)
 
 
 EXPERIMENT = Experiment(
