@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -17,22 +18,39 @@ _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def to_python(value: Any) -> Any:
-    """Turns numpy/JAX scalars and arrays (also inside dicts and lists) into plain Python for JSON."""
+    """Turns numpy/JAX scalars and arrays (also inside dicts and lists) into plain Python for JSON; a NaN or
+    infinite number becomes None (JSON null: strict JSON has no NaN, and a missing value is what it means)."""
     if isinstance(value, dict):
         return {str(k): to_python(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_python(v) for v in value]
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return to_python(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
+def dumps(value: Any, **kwargs) -> str:
+    """Strict JSON of `value` (see `to_python`)."""
+    return json.dumps(to_python(value), allow_nan=False, **kwargs)
+
+
+def _file_mode() -> int:
+    """The mode a newly created file gets here: 0666 less the process umask (as `open` would give)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: Path, text: str) -> None:
-    """Writes through a temp file and os.replace, so a kill never leaves a half-written file behind."""
+    """Writes through a temp file and os.replace, so a kill never leaves a half-written file behind. The file
+    gets the usual mode of a new file (not the temp file's private 0600), so colleagues can read results."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,7 +81,7 @@ def _truncate_metrics(path: Path, resume_step: int) -> int | None:
     for row in read_jsonl(path):
         last_step = row["step"] if last_step is None else max(last_step, row["step"])
         if row["step"] <= resume_step:
-            kept.append(json.dumps(row) + "\n")
+            kept.append(dumps(row) + "\n")
     write_json_atomic(path, "".join(kept))
     return last_step
 
@@ -100,18 +118,18 @@ class JsonlTracker:
         row = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
         # Opened per call: nothing sits in a buffer when the run is killed, and no handle is left open.
         with open(self._metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps(row) + "\n")
 
     def summary(self, values: dict[str, Any]) -> None:
         self._summary.update(to_python(values))
-        write_json_atomic(self.run_dir / SUMMARY_FILE, json.dumps(self._summary, indent=2) + "\n")
+        write_json_atomic(self.run_dir / SUMMARY_FILE, dumps(self._summary, indent=2) + "\n")
 
     def table(self, name: str, rows: list[dict[str, Any]]) -> None:
         if not _TABLE_NAME.fullmatch(name) or name == Path(METRICS_FILE).stem:
             raise ValueError(
                 f"table name {name!r} must be a plain file name (letters, digits, _.-) other than 'metrics'"
             )
-        text = "".join(json.dumps(to_python(row)) + "\n" for row in rows)
+        text = "".join(dumps(row) + "\n" for row in rows)
         write_json_atomic(self.run_dir / f"{name}.jsonl", text)
 
     def finish(self) -> None:

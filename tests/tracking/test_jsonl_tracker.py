@@ -1,4 +1,5 @@
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -103,3 +104,33 @@ def test_a_damaged_line_before_the_end_is_an_error_naming_file_and_line(tmp_path
     path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         list(read_jsonl(path))
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_numbers_are_written_as_null_in_strict_json(tmp_path):
+    tracker = JsonlTracker(tmp_path)
+    tracker.log({"rl/liar_reward": float("nan"), "train/loss": 0.5}, step=1)
+    tracker.summary({"accuracy": np.float32("nan"), "ratio": float("inf"), "n": 3})
+    tracker.table("results", [{"metric": "m", "value": np.nan, "ci_low": None, "n": 0}])
+    row = _strict((tmp_path / "metrics.jsonl").read_text())
+    assert row["rl/liar_reward"] is None and row["train/loss"] == 0.5
+    assert _strict((tmp_path / "summary.json").read_text()) == {"accuracy": None, "ratio": None, "n": 3}
+    assert _strict((tmp_path / "results.jsonl").read_text())["value"] is None
+
+
+def test_files_get_the_mode_a_new_file_gets_under_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        tracker = JsonlTracker(tmp_path)
+        tracker.summary({"a": 1})
+        tracker.table("results", [{"metric": "m", "value": 1.0}])
+    finally:
+        os.umask(old)
+    for name in ("summary.json", "results.jsonl", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
