@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from oversight.parallel import batch_sharding
 from oversight.pipeline.context import RunContext, Stage
 from oversight.pipeline.stages import decode_responses, train_state_from_model
 from oversight.sampling import Sampler
 from oversight.sampling.generate import left_pad
+from oversight.tracking.progress import progress
 from oversight.training.checkpoint import Checkpointer, abstract_like
 from oversight.training.loop import TrainConfig, make_optimizer
 from oversight.training.ppo import (
@@ -132,14 +132,7 @@ class PPOTrainer:
             ctx.tracker.log(ev["metrics"], step=stage.offset)
             self.history = list(ev["rows"])
         ev = None
-        bar = tqdm(
-            total=cfg.iterations,
-            initial=start,
-            desc=stage.name,
-            unit="it",
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
+        bar = progress(cfg.iterations, start, desc=stage.name, unit="iteration")
         for it in range(start, cfg.iterations):
             step = first + it  # over all rounds: keys and prompt draws never repeat
             key = jax.random.fold_in(ctx.key("ppo/rollouts"), step)

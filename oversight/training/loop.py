@@ -19,8 +19,8 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
+from oversight.errors import UserError
 from oversight.models import ModelConfig, make_model
 from oversight.parallel import (
     batch_sharding,
@@ -29,37 +29,42 @@ from oversight.parallel import (
     shard_batch,
     state_shardings,
 )
+from oversight.settings import check_fields, setting
+from oversight.tracking.progress import progress
 from oversight.training.checkpoint import Checkpointer, abstract_like
 
 
 @dataclass
 class TrainConfig:
     # Optimizer steps.
-    steps: int = 300
+    steps: int = setting(300, ge=0)
     # Sequences per step (global, across all devices).
-    batch_size: int = 32
+    batch_size: int = setting(32, ge=1)
     # Peak learning rate (after linear warm-up; cosine decay to 10% of it at the last step).
-    learning_rate: float = 3e-3
+    learning_rate: float = setting(3e-3, gt=0)
     # Linear warm-up steps.
-    warmup_steps: int = 20
+    warmup_steps: int = setting(20, ge=0)
     # AdamW decoupled weight decay (matrices only; biases, norms and embeddings of rank < 2 are exempt).
-    weight_decay: float = 0.01
+    weight_decay: float = setting(0.01, ge=0)
     # Adam betas.
-    b1: float = 0.9
-    b2: float = 0.99
+    b1: float = setting(0.9, ge=0, lt=1)
+    b2: float = setting(0.99, ge=0, lt=1)
     # Clip the global gradient norm to this; 0 = off.
-    grad_clip: float = 1.0
+    grad_clip: float = setting(1.0, ge=0)
     # Log training metrics every N steps.
-    log_every: int = 10
+    log_every: int = setting(10, ge=1)
     # Evaluate every N steps (and after the last step); 0 = only after the last step.
-    eval_every: int = 100
+    eval_every: int = setting(100, ge=0)
     # Save a checkpoint every N steps (and after the last step).
-    checkpoint_every: int = 100
-    # Checkpoints kept on disk (the newest ones).
-    keep_checkpoints: int = 2
+    checkpoint_every: int = setting(100, ge=1)
+    # Checkpoints kept on disk (the newest ones; at least one, or the run could not be resumed).
+    keep_checkpoints: int = setting(2, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "train.")
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """A loss or gradient norm became NaN/Inf; the message names the step and the checkpoint kept."""
 
 
@@ -190,7 +195,7 @@ def train_loop(
     start = latest - step_offset if latest else 0
     if start:
         state, _ = checkpointer.restore(latest, abstract_like(state))
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    bar = progress(cfg.steps, start, desc=desc)
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start, cfg.steps):
         done = step + 1
