@@ -37,6 +37,7 @@ from experiments.critique import gold_critique_text, train_critique_model
 from oversight.overseers import HumanCapacity, SimulatedHuman
 from oversight.protocols import ReviewOutcome, critique_review
 from oversight.registry import Experiment, RunContext
+from oversight.settings import setting
 from oversight.stats import bootstrap_row, proportion_row
 from oversight.tasks.base import LabelledResponse, Problem, Task
 
@@ -46,16 +47,16 @@ ARMS = ("unassisted", "assisted", "gold_critique")
 @dataclass
 class CritiqueAssistOptions:
     # Held-out problems per response set (clean, flawed, misleading).
-    responses_per_set: int = 128
+    responses_per_set: int = setting(128, ge=1)
     # Critiques shown per response in the assisted arm.
-    k: int = 4
+    k: int = setting(4, ge=1)
     # Injected flaws drawn per problem to pick the misleading (last-placed) one from.
-    misleading_draws: int = 8
+    misleading_draws: int = setting(8, ge=1)
     # The overseer: local checks per response, per-check error rates, the order it reads units in; it checks
     # the units critiques point at first (`assistance`).
     overseer: HumanCapacity = field(default_factory=HumanCapacity)
     # Generation budget of answers (critiques are short).
-    max_new_tokens: int = 16
+    max_new_tokens: int = setting(16, ge=1)
 
 
 def misleading_response(task: Task, problem: Problem, draws: int, seed: int) -> LabelledResponse:

@@ -35,6 +35,7 @@ import numpy as np
 
 from experiments.critique import CritiqueModel, train_critique_model
 from oversight.registry import Experiment, RunContext
+from oversight.settings import setting
 from oversight.stats import auroc, bootstrap_row, proportion_row
 from oversight.tasks.base import Problem, Task
 from oversight.training.best_of_n import chance_best_of_n, most_frequent_indices
@@ -43,13 +44,13 @@ from oversight.training.best_of_n import chance_best_of_n, most_frequent_indices
 @dataclass
 class GDCOptions:
     # Size of the balanced discrimination/critique set (held-out problems; half get an injected flaw).
-    eval_responses: int = 256
+    eval_responses: int = setting(256, ge=2)
     # Held-out problems answered N times for G and the best-of-N selections.
-    bon_problems: int = 64
+    bon_problems: int = setting(64, ge=1)
     # Samples per problem (N of best-of-N).
-    bon_n: int = 8
+    bon_n: int = setting(8, ge=1)
     # Generation budget of answers and refinements.
-    max_new_tokens: int = 48
+    max_new_tokens: int = setting(48, ge=1)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from oversight.pipeline import (
 )
 from oversight.registry import Experiment
 from oversight.sampling import Sampler, SamplingConfig
+from oversight.settings import check_fields, setting
 from oversight.stats import bootstrap_row, proportion_row
 from oversight.training.best_of_n import best_of_n_kl
 from oversight.training.ppo import PPOConfig
@@ -59,25 +60,25 @@ from oversight.training.ppo import PPOConfig
 @dataclass
 class BestOfNConfig:
     # Held-out prompts with `max_n` SFT samples each.
-    prompts: int = 32
+    prompts: int = setting(32, ge=1)
     # Largest N (a power of two); N = 1, 2, 4, ..., max_n.
-    max_n: int = 64
+    max_n: int = setting(64, ge=1)
 
     def __post_init__(self) -> None:
-        if self.max_n < 1 or self.max_n & (self.max_n - 1):
+        if self.max_n & (self.max_n - 1):
             raise ValueError(f"best_of_n.max_n={self.max_n} must be a power of two")
 
 
 @dataclass
 class RLHFOptions:
     # Generation budget per response (rollouts, comparisons, evaluation).
-    max_new_tokens: int = 48
+    max_new_tokens: int = setting(48, ge=1)
     # Held-out prompts answered greedily for the SFT stage's gold accuracy.
-    sft_eval_samples: int = 32
+    sft_eval_samples: int = setting(32, ge=1)
     # Share of the distinct training prompts kept out of SFT for the comparisons and PPO (0 = every stage uses
     # every prompt): a policy that has memorised a prompt's answer in SFT offers neither informative
     # comparisons nor room for PPO on it.
-    rl_fraction: float = 0.5
+    rl_fraction: float = setting(0.5, ge=0, lt=1)
     # The simulated labeller who ranks the comparisons.
     labeller: HumanCapacity = field(default_factory=HumanCapacity)
     comparisons: ComparisonsConfig = field(default_factory=ComparisonsConfig)
@@ -85,16 +86,13 @@ class RLHFOptions:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     # RM/PPO rounds (InstructGPT iterated): after round 1, each round ranks samples of the current policy on
     # the training comparison prompts, trains the reward model on all rankings so far, and runs PPO on.
-    rounds: int = 1
+    rounds: int = setting(1, ge=1)
     # Held-out prompts for PPO evaluation (win rate, gold, proxy, KL); at most task.num_eval.
-    eval_prompts: int = 512
+    eval_prompts: int = setting(512, ge=1)
     best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"experiment.rounds={self.rounds} must be >= 1")
-        if not 0 <= self.rl_fraction < 1:
-            raise ValueError(f"experiment.rl_fraction={self.rl_fraction} must be in [0, 1)")
+        check_fields(self, "experiment.")
 
 
 def mean_row(metric: str, values, **extra) -> dict:

@@ -73,6 +73,7 @@ from oversight.pipeline import (
 )
 from oversight.registry import Experiment
 from oversight.sampling import Sampler, SamplingConfig
+from oversight.settings import check_fields, setting
 from oversight.stats import bootstrap_row, proportion_row
 from oversight.tasks.base import Critique, Problem, Task
 from oversight.training.best_of_n import chance_best_of_n, most_frequent_indices
@@ -100,52 +101,50 @@ class ProcessRewardModelConfig:
     # started from the SFT policy); false: the scalar head alone.
     generative: bool = True
     # P(right) the untrained reward model gives the units of reference solutions (its head is shifted to it).
-    reference_p: float = 0.95
+    reference_p: float = setting(0.95, gt=0, lt=1)
 
     def __post_init__(self) -> None:
-        if not 0 < self.reference_p < 1:
-            raise ValueError(f"experiment.reward_model.reference_p={self.reference_p} must be in (0, 1)")
+        check_fields(self, "experiment.reward_model.")
 
 
 @dataclass
 class RRMOptions:
     # Task difficulty of each level of the ladder, easiest first; level 0 is judged by the overseer alone.
-    difficulties: list[int] = field(default_factory=lambda: [1, 2, 4])
+    difficulties: list[int] = setting(factory=lambda: [1, 2, 4], ge=1)
     # Deepest recursion measured: arms rrm_depth1 .. rrm_depth{depth} (at most the number of levels - 1).
-    depth: int = 2
+    depth: int = setting(2, ge=1)
     # Arms to run (null = all: unassisted, rrm_depth1..depth, gold_assistant, gold_feedback); the reward
     # models their assistants need are trained too.
     arms: list[str] | None = None
     # Responses per prompt that each overseer ranks (K).
-    k: int = 4
+    k: int = setting(4, ge=MIN_K, le=MAX_K)
     # Prompts per level whose K policy samples are ranked (unseen in SFT).
-    num_comparisons: int = 256
+    num_comparisons: int = setting(256, ge=1)
     # Held-out prompts per level for reward-model accuracy and the best-of-N policy.
-    eval_prompts: int = 96
+    eval_prompts: int = setting(96, ge=1)
     # Policy samples per held-out prompt (N of best-of-N).
-    best_of_n: int = 8
+    best_of_n: int = setting(8, ge=1)
     # Policy sampling temperature.
-    temperature: float = 0.7
+    temperature: float = setting(0.7, gt=0)
     # The overseer: checks per response (`budget`), error rates, the order it checks units in without
     # assistance, and how it uses the assistant's pointers (`assistance`).
     overseer: HumanCapacity = field(default_factory=HumanCapacity)
     # Units the assistant points at per response, least likely right first; null = the overseer's budget.
-    hints: int | None = None
+    hints: int | None = setting(None, ge=1)
     # Reward models (one per level and feedback; each is the next level's assistant).
     reward_model: ProcessRewardModelConfig = field(default_factory=ProcessRewardModelConfig)
     # Characters of a unit's line kept in its view (longer lines are wrong anyway; fixed shapes).
-    max_line_chars: int = 16
+    max_line_chars: int = setting(16, ge=1)
 
     def __post_init__(self) -> None:
+        check_fields(self, "experiment.")
         d = list(self.difficulties)
-        if not d or any(not isinstance(x, int) or x < 1 for x in d) or d != sorted(set(d)):
+        if not d or any(not isinstance(x, int) for x in d) or d != sorted(set(d)):
             raise ValueError(f"experiment.difficulties={d} must be increasing ints >= 1")
         if not 1 <= self.depth <= len(d) - 1:
             raise ValueError(
                 f"experiment.depth={self.depth} must be in 1..{len(d) - 1} (the levels above level 0)"
             )
-        if not MIN_K <= self.k <= MAX_K:
-            raise ValueError(f"experiment.k={self.k} must be in {MIN_K}..{MAX_K}")
         if self.overseer.budget < 1:
             raise ValueError(f"experiment.overseer.budget={self.overseer.budget} must be >= 1")
         if self.arms is not None:
@@ -154,11 +153,6 @@ class RRMOptions:
                 raise ValueError(
                     f"experiment.arms={list(self.arms)}: unknown {unknown}; choose from {arm_names(self.depth)}"
                 )
-        if self.hints is not None and self.hints < 1:
-            raise ValueError(f"experiment.hints={self.hints} must be >= 1 (or null for the budget)")
-        for name in ("num_comparisons", "eval_prompts", "best_of_n"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"experiment.{name}={getattr(self, name)} must be >= 1")
 
     def arm_list(self) -> list[str]:
         return list(self.arms) if self.arms is not None else arm_names(self.depth)

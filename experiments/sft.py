@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from oversight.models import build_model_config
 from oversight.pipeline import RunContext, sft_stage, tokenize_problems
 from oversight.registry import Experiment
+from oversight.settings import setting
 from oversight.stats import proportion_row
 
 
 @dataclass
 class SFTOptions:
     # Held-out prompts answered greedily and scored by the gold checker at each evaluation.
-    eval_samples: int = 64
+    eval_samples: int = setting(64, ge=1)
     # Generation budget per answer.
-    max_new_tokens: int = 96
+    max_new_tokens: int = setting(96, ge=1)
 
 
 def run(ctx: RunContext) -> None:

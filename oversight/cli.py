@@ -16,18 +16,17 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from oversight.config import Config, register_configs
+from oversight.errors import ConfigError, UserError
 from oversight.registry import Experiment, RunContext, available_experiments, get_experiment
+from oversight.settings import SettingError, check_fields, check_known_keys
 from oversight.tracking.run_info import code_version
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-class ConfigError(ValueError):
-    """A config that composes but is wrong: unknown experiment, bad experiment option, bad value."""
 
 
 def options_schema(options: type) -> DictConfig:
@@ -56,13 +55,23 @@ def validate(cfg: DictConfig) -> tuple[Config, Experiment, object]:
     except KeyError as e:
         raise ConfigError(e.args[0]) from None
     given = {k: v for k, v in cfg.experiment.items() if k != "name"}
+    schema = options_schema(experiment.options)
     try:
-        options_node = OmegaConf.merge(options_schema(experiment.options), given)
+        check_known_keys(OmegaConf.to_container(cfg), OmegaConf.structured(Config))
+        check_known_keys(OmegaConf.to_container(OmegaConf.create(given)), schema, "experiment.")
+    except SettingError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        options_node = OmegaConf.merge(schema, given)
+        check_fields(options_node, "experiment.")
         options = OmegaConf.to_object(options_node)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", "?")
         raise ConfigError(f"experiment.{key}: {e.msg if hasattr(e, 'msg') else e}") from None
+    except ValueError as e:  # a declared range (SettingError) or an options class's own check
+        raise ConfigError(str(e)) from None
     try:
+        check_fields(cfg)
         typed: Config = OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, ValueError) as e:
         raise ConfigError(str(e)) from None
@@ -116,8 +125,13 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def run_from_config(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> None:
-    """Run one job: validate, record the config and provenance, open the tracker, run, finish cleanly."""
+def run_from_config(
+    cfg: DictConfig, run_dir: Path, *, group: str | None = None, records: dict[str, str] | None = None
+) -> None:
+    """Run one job: validate, record the config and provenance, open the tracker, run, finish cleanly.
+
+    `records`: more files to write in the run folder ({relative path: text}, e.g. Hydra's `.hydra/` record
+    of the job), written with the config only once the run is accepted: a refused resume changes nothing."""
     import jax
 
     from oversight.parallel import initialize_distributed, make_mesh
@@ -127,9 +141,15 @@ def run_from_config(cfg: DictConfig, run_dir: Path, *, group: str | None = None)
     typed, experiment, options = validate(cfg)
     cfg = with_every_option(cfg, options)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save step at INFO
+    # JAX logs at INFO each accelerator backend it could not start ("Unable to initialize backend 'tpu'"),
+    # which on a CPU machine reads like an error before every run.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     initialize_distributed(typed.mesh)
     check_resume_config(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (records or {}).items():
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(text)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_run_info(run_dir, typed.seed)
     tracker = open_tracker(
@@ -153,10 +173,19 @@ def _hydra_job(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
     group = f"{cfg.experiment.name}/{Path(hc.sweep.dir).name}" if multirun else None
+    # What Hydra itself would write to `.hydra/` before the job (conf/config.yaml turns that off), written by
+    # run_from_config once the run is accepted.
+    records = {
+        ".hydra/config.yaml": OmegaConf.to_yaml(cfg),
+        ".hydra/hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})),
+        ".hydra/overrides.yaml": OmegaConf.to_yaml(hc.overrides.task),
+    }
     try:
-        run_from_config(cfg, Path(hc.runtime.output_dir), group=group)
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
+        run_from_config(cfg, Path(hc.runtime.output_dir), group=group, records=records)
+    except UserError as e:
+        if _show_tracebacks():
+            raise
+        sys.exit(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}")
     from oversight.report import run_digest
 
     digest = run_digest(
@@ -166,6 +195,27 @@ def _hydra_job(cfg: DictConfig) -> None:
     )
     if digest:
         print(digest, flush=True)
+
+
+class SweepSummary(Callback):
+    """At the end of a `-m` sweep: the mean and 95% interval over its seeds of every result (what
+    `oversight report <sweep dir>` prints), so a sweep does not end on its last job's digest alone."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from oversight.report import report
+
+        sweep_dir = config.hydra.sweep.dir
+        try:
+            text = report([sweep_dir], command=f"oversight report {sweep_dir}")
+        except (FileNotFoundError, ValueError) as e:  # no finished run wrote results
+            print(f"sweep {sweep_dir}: no results to summarise ({e})")
+            return
+        print(f"\nSweep summary over seeds ({sweep_dir}):\n\n{text}", flush=True)
+
+
+def _show_tracebacks() -> bool:
+    """`--debug` on the command line or HYDRA_FULL_ERROR=1: user errors show their traceback too."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def report_command(argv: list[str]) -> None:
@@ -216,9 +266,29 @@ def keep_freed_memory() -> bool:
     return all(libc.mallopt(param, value) == 1 for param, value in settings)
 
 
+def version_line() -> str:
+    """`oversight 0.1.0 (commit 5887dff, dirty) jax 0.8.1 flax 0.12.0`."""
+    from importlib import metadata
+
+    import oversight
+
+    commit, dirty = code_version()
+    where = f"commit {commit[:7]}{', dirty' if dirty else ''}" if commit else "not a git checkout"
+    libs = " ".join(
+        f"{name} {metadata.version(name)}" for name in ("jax", "flax", "optax", "orbax-checkpoint")
+    )
+    return f"oversight {oversight.__version__} ({where}) {libs}"
+
+
 def main() -> None:
     if sys.argv[1:2] == ["report"]:  # before Hydra, which would take `report` for an override
         report_command(sys.argv[2:])
+        return
+    if "--debug" in sys.argv[1:]:  # ours, not Hydra's: user errors keep their traceback (and Hydra's)
+        sys.argv.remove("--debug")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if sys.argv[1:2] == ["--version"]:  # before Hydra, whose own --version names Hydra's
+        print(version_line())
         return
     keep_freed_memory()
     code_version()  # the commit this process runs, read before any job (a sweep's jobs all run this code)

@@ -15,6 +15,7 @@ from omegaconf import MISSING, OmegaConf
 
 from oversight.models.config import ModelConfig
 from oversight.parallel.mesh import MeshConfig
+from oversight.settings import setting
 from oversight.tracking import TrackerConfig
 from oversight.training.loop import TrainConfig
 
@@ -24,11 +25,11 @@ class TaskConfig:
     # Built-in task name (`oversight.tasks.available_tasks()`).
     name: str = "arithmetic"
     # Difficulty knob (steps, digits, items, function length… depending on the task).
-    difficulty: int = 1
+    difficulty: int = setting(1, ge=1)
     # Problems sampled for training.
-    num_train: int = 2000
+    num_train: int = setting(2000, ge=1)
     # Held-out problems for evaluation (sampled with a different seed; prompts seen in training removed).
-    num_eval: int = 128
+    num_eval: int = setting(128, ge=1)
     # Task-specific constructor options (see docs/tasks.md).
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -43,7 +44,7 @@ class Config:
     # `name` picks the registered experiment; the other keys are its options, checked against its schema.
     experiment: dict[str, Any] = field(default_factory=lambda: {"name": MISSING})
     # Seed of everything random in the run (data, initialisation, sampling).
-    seed: int = 0
+    seed: int = setting(0, ge=0)
     # "char" (built-in character tokenizer) or a local Hugging Face tokenizer folder.
     tokenizer: str = "char"
 

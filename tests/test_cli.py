@@ -123,9 +123,12 @@ def jax_leaves(tree):
 
 def test_sweep_over_two_seeds_writes_two_runs_the_notebook_reads(tmp_path, monkeypatch):
     sweep = tmp_path / "sweep"
-    _run("-m", "seed=0,1", "train.steps=4", "tracker=offline", f"hydra.sweep.dir={sweep}")
+    out = _run("-m", "seed=0,1", "train.steps=4", "tracker=offline", f"hydra.sweep.dir={sweep}").stdout
     runs = sorted(p.parent.name for p in sweep.glob("*/metrics.jsonl"))
     assert runs == ["0", "1"]
+    # The sweep ends with its summary over both seeds.
+    summary = out[out.index("Sweep summary over seeds") :]
+    assert "2 runs (seed 0, 1)" in summary and "| `sft/gold_accuracy`" in summary
     # Each job finished its own W&B run: one offline run folder per job, none shared.
     assert all(len(list((sweep / r / "wandb").glob("offline-run-*"))) == 1 for r in runs)
 
@@ -149,6 +152,17 @@ def test_unknown_key_on_the_command_line_fails_naming_it():
     proc = _call([sys.executable, "-m", "oversight.cli", "train.stpes=3"], timeout=120)
     assert proc.returncode != 0
     assert "stpes" in proc.stderr
+    # Appended with `+` (as Hydra's own message suggests) it is refused too, with the closest key.
+    proc = _call([sys.executable, "-m", "oversight.cli", "+train.stpes=3"], timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "config error: train.stpes is not a setting of TrainConfig; did you mean train.steps?"
+    )
+
+
+def test_version_names_the_package_its_commit_and_libraries():
+    out = _call([sys.executable, "-m", "oversight.cli", "--version"], timeout=60).stdout
+    assert out.startswith(f"oversight {oversight.__version__} (") and " jax " in out and " flax " in out
 
 
 def test_list_experiments():
@@ -212,10 +226,40 @@ def test_keep_freed_memory_stops_large_buffers_being_faulted_in_again():
 def test_resuming_a_run_folder_with_another_config_fails_naming_the_changes(tmp_path):
     run_dir = tmp_path / "run"
     _run("train.steps=4", "tracker=disabled", f"hydra.run.dir={run_dir}")
-    saved = (run_dir / "config.yaml").read_text()
+    files = sorted(p for p in run_dir.rglob("*") if p.is_file())
+    assert run_dir / ".hydra" / "overrides.yaml" in files  # what `oversight report` rebuilds the command from
+    saved = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
     proc = _call(_command("train.steps=4", "seed=3", "tracker=disabled", f"hydra.run.dir={run_dir}"))
     assert proc.returncode != 0
     assert "seed: 0 in the folder, 3 now" in proc.stderr and "another hydra.run.dir" in proc.stderr
-    assert (run_dir / "config.yaml").read_text() == saved  # nothing in the folder was touched
+    # Nothing in the folder was touched, Hydra's record of the job (.hydra/) included.
+    assert sorted(p for p in run_dir.rglob("*") if p.is_file()) == files
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == saved
     # Where results are logged may change: the same run resumes (and has nothing left to do).
     _run("train.steps=4", "tracker=offline", f"hydra.run.dir={run_dir}")
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The error a user sees: a non-zero exit, no traceback, the message as the last line of stderr."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_user_errors_are_one_line_without_a_traceback(tmp_path):
+    missing = tmp_path / "no_such_model"
+    line = _one_line_error(_call(_command("model=hf", f"model.checkpoint={missing}", "tracker=disabled",
+                                          f"hydra.run.dir={tmp_path / 'a'}")))  # fmt: skip
+    assert line == f"error: checkpoint folder {missing} does not exist"
+    # A damaged checkpoint: resuming names it and what to do.
+    run_dir = tmp_path / "run"
+    _run("train.steps=4", "train.checkpoint_every=2", "tracker=disabled", f"hydra.run.dir={run_dir}")
+    for f in (run_dir / "checkpoints" / "sft" / "4").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    again = _command(
+        "train.steps=4", "train.checkpoint_every=2", "tracker=disabled", f"hydra.run.dir={run_dir}"
+    )
+    line = _one_line_error(_call(again))
+    assert line.startswith(f"error: {run_dir / 'checkpoints' / 'sft' / '4'}: cannot restore this checkpoint")
+    assert "Traceback" in _call([*again[:3], "--debug", *again[3:]]).stderr  # --debug shows where it failed

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -54,6 +54,7 @@ from flax import nnx
 
 from oversight import protocols as P
 from oversight.registry import Experiment, RunContext
+from oversight.settings import check_fields, setting
 from oversight.stats import proportion_row, wilson_interval
 from oversight.tasks.digits import N_CLASSES, N_PIXELS, load_split, make_questions
 from oversight.training.loop import TrainConfig, make_optimizer
@@ -70,79 +71,61 @@ METHOD_NAMES = {"random": "random pixels", "greedy": "debate greedy", "lookahead
 class DigitsDebateOptions:
     # Evidence budgets in pixels per side: each debater reveals this many, the judge sees k = 2 x as many
     # (a consultant reveals all k); one judge is trained per budget.
-    evidence_per_side: list[int] = field(default_factory=lambda: [2, 3])
+    evidence_per_side: list[int] = setting(factory=lambda: [2, 3], ge=1)
     # Share of the 1797 images held out for the debates (the judge never trains on them).
-    test_fraction: float = 0.25
+    test_fraction: float = setting(0.25, gt=0, lt=1)
     # Use only the first N held-out images (None: all); for quick tests.
-    max_questions: int | None = None
+    max_questions: int | None = setting(None, ge=1)
     # Judge MLP width (two hidden layers) and training on random k-pixel reveals.
-    judge_hidden: int = 128
-    judge_steps: int = 3000
-    judge_batch: int = 128
-    judge_learning_rate: float = 0.001
+    judge_hidden: int = setting(128, ge=1)
+    judge_steps: int = setting(3000, ge=1)
+    judge_batch: int = setting(128, ge=1)
+    judge_learning_rate: float = setting(0.001, gt=0)
     # The liar's claimed label: confusable (the judge's likeliest wrong class), random, or all (9 games).
-    liar_label: str = "confusable"
+    liar_label: str = setting("confusable", choices=LIAR_LABELS)
     # Random reveals per image used to find the most confusable wrong label.
-    confusable_reveals: int = 16
+    confusable_reveals: int = setting(16, ge=1)
     # Look-ahead search: minimax over the next `search_depth` reveals, among the `search_width` best pixels
     # for each side at the root.
-    search_depth: int = 3
-    search_width: int = 3
+    search_depth: int = setting(3, ge=1)
+    search_width: int = setting(3, ge=1)
     # Debaters of the cross-play tournament (every honest agent meets every liar).
-    agents: list[str] = field(default_factory=lambda: list(AGENTS))
+    agents: list[str] = setting(factory=lambda: list(AGENTS), choices=AGENTS)
     # The consultant: one of the debaters (a search, or the learned policy).
-    consultant: str = "lookahead"
+    consultant: str = setting("lookahead", choices=AGENTS)
     # Learned debater (`learned`): an MLP pixel policy (two hidden layers of `learned_hidden`), one per k,
     # trained by self-play REINFORCE against the fixed judge on the training images: `learned_steps` steps
     # of `learned_batch` images, each game played `learned_group` times (leave-one-out baseline), AdamW at
     # `learned_learning_rate` (cosine decay), entropy bonus `learned_entropy`; `learned_consultancy` of the
     # training games are consultancies (so it can consult), the rest debates in both orders.
-    learned_hidden: int = 128
-    learned_steps: int = 1000
-    learned_batch: int = 128
-    learned_group: int = 4
-    learned_learning_rate: float = 0.003
-    learned_entropy: float = 0.01
-    learned_consultancy: float = 0.25
+    learned_hidden: int = setting(128, ge=1)
+    learned_steps: int = setting(1000, ge=0)
+    learned_batch: int = setting(128, ge=1)
+    learned_group: int = setting(4, ge=2)  # the baseline of a game is its other plays' mean reward
+    learned_learning_rate: float = setting(0.003, gt=0)
+    learned_entropy: float = setting(0.01, ge=0)
+    learned_consultancy: float = setting(0.25, ge=0, le=1)
     # Both debaters reveal at once each round, each blind to the other's pixel of that round.
     simultaneous: bool = False
     # Bootstrap resamples for the log-score / ECE / Brier intervals.
-    bootstrap: int = 1000
+    bootstrap: int = setting(1000, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "experiment.")
+        if self.search_depth > self.search_width:
+            raise ValueError(
+                f"experiment.search_depth={self.search_depth} must be in 1..search_width={self.search_width}"
+                " (the pool must hold enough distinct pixels for a full line of play)"
+            )
 
 
-def _check(opts: DigitsDebateOptions, min_nonzero: int) -> None:
+def _check_budgets(opts: DigitsDebateOptions, min_nonzero: int) -> None:
     for n in opts.evidence_per_side:
-        if not 1 <= 2 * n <= min_nonzero:
+        if 2 * n > min_nonzero:
             raise ValueError(
                 f"experiment.evidence_per_side: {n} pixels a side is outside 1..{min_nonzero // 2} (the judge"
                 f" sees twice as many; the fewest nonzero pixels of an image are {min_nonzero})"
             )
-    if opts.liar_label not in LIAR_LABELS:
-        raise ValueError(f"experiment.liar_label={opts.liar_label!r} is not one of {', '.join(LIAR_LABELS)}")
-    for name in [*opts.agents, opts.consultant]:
-        if name not in AGENTS:
-            raise ValueError(
-                f"experiment.agents/consultant: unknown debater {name!r}; known: {', '.join(AGENTS)}"
-            )
-    if not 1 <= opts.search_depth <= opts.search_width:
-        raise ValueError(
-            f"experiment.search_depth={opts.search_depth} must be in 1..search_width={opts.search_width}"
-            " (the pool must hold enough distinct pixels for a full line of play)"
-        )
-    if not 0 < opts.test_fraction < 1:
-        raise ValueError(f"experiment.test_fraction={opts.test_fraction} must be in (0, 1)")
-    if opts.learned_group < 2:
-        raise ValueError(
-            f"experiment.learned_group={opts.learned_group} must be >= 2 (the baseline of a game is the"
-            " mean reward of its other plays)"
-        )
-    if not 0 <= opts.learned_consultancy <= 1:
-        raise ValueError(f"experiment.learned_consultancy={opts.learned_consultancy} must be in [0, 1]")
-    if opts.learned_steps < 0 or opts.learned_batch < 1:
-        raise ValueError(
-            f"experiment.learned_steps={opts.learned_steps} must be >= 0 and"
-            f" experiment.learned_batch={opts.learned_batch} >= 1"
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -768,9 +751,7 @@ def run(ctx: RunContext) -> None:
     cfg, opts = ctx.cfg, ctx.options
     t_start = time.perf_counter()
     x_train, y_train, x_test, y_test = load_split(opts.test_fraction, cfg.seed)
-    if opts.judge_steps < 1:
-        raise ValueError(f"experiment.judge_steps={opts.judge_steps} must be >= 1")
-    _check(opts, int(min((x_train > 0).sum(1).min(), (x_test > 0).sum(1).min())))
+    _check_budgets(opts, int(min((x_train > 0).sum(1).min(), (x_test > 0).sum(1).min())))
     if opts.max_questions is not None:
         x_test, y_test = x_test[: opts.max_questions], y_test[: opts.max_questions]
     rng = np.random.default_rng(cfg.seed + 1)

@@ -80,6 +80,7 @@ from oversight import protocols as P
 from oversight.models import ModelConfig, build_model_config
 from oversight.pipeline import RunContext, Stage, round_up, stable_seed
 from oversight.registry import Experiment
+from oversight.settings import check_fields, setting
 from oversight.stats import proportion_row, wilson_interval
 from oversight.tasks.passages import (
     CITIES,
@@ -109,7 +110,7 @@ class QuoteJudgeConfig:
     # "learned": a transformer with a scalar `judge` head, trained with the true labels on random quoters'
     # transcripts; "simulated": a rule-based overseer (believes a verified quote stating the asked fact, is
     # swayed by `gullibility` for any other verified quote naming an answer, ignores unverified quotes).
-    kind: str = "learned"
+    kind: str = setting("learned", choices=JUDGES)
     # The learned judge's transformer, smaller than the debaters; its vocabulary and length are set from the
     # tokenizer and the longest judge text. `model.checkpoint`: a Hugging Face folder instead.
     model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=64, n_layers=2, n_heads=4))
@@ -120,86 +121,61 @@ class QuoteJudgeConfig:
         )
     )
     # Questions whose random-quoter transcripts train it (8 transcripts each).
-    questions: int = 2000
+    questions: int = setting(2000, ge=1)
     # Simulated overseer: pull of a verified quote that mentions an answer without stating the asked fact.
-    gullibility: float = 1.0
+    gullibility: float = setting(1.0, ge=0)
     # Rounds of: train the debaters against the current judge, then retrain the judge on their transcripts
     # (learned judge only, stage "judge retrained"; 0: the random-quoter judge throughout).
-    rounds: int = 1
+    rounds: int = setting(1, ge=0)
     # Fresh *training* questions per round (never held-out ones) whose trained-debater transcripts, debate
     # and consultancy (honest and dishonest), both orders, the judge is retrained on.
-    retrain_questions: int = 500
-    retrain_steps: int = 300
+    retrain_questions: int = setting(500, ge=1)
+    retrain_steps: int = setting(300, ge=0)
     # Fraction of each retraining batch drawn from the original random-quoter transcripts (0: none).
-    retrain_mix: float = 0.5
+    retrain_mix: float = setting(0.5, ge=0, le=1)
 
     def __post_init__(self) -> None:
-        if self.kind not in JUDGES:
-            raise ValueError(f"experiment.judge.kind={self.kind!r} is not one of {', '.join(JUDGES)}")
-        if self.questions < 1 or self.retrain_questions < 1:
-            raise ValueError("experiment.judge.questions and judge.retrain_questions must be >= 1")
-        if self.rounds < 0 or self.retrain_steps < 0:
-            raise ValueError("experiment.judge.rounds and judge.retrain_steps must be >= 0")
-        if not 0.0 <= self.retrain_mix <= 1.0:
-            raise ValueError(f"experiment.judge.retrain_mix={self.retrain_mix} must be in [0, 1]")
+        check_fields(self, "experiment.judge.")
 
 
 @dataclass
 class TextDebateOptions:
     # --- data: passages of entities x relations fact sentences, cities drawn from the first `cities`.
-    entities: int = 3
-    relations: int = 2
-    cities: int = 8
+    entities: int = setting(3, ge=2, le=len(NAMES))
+    relations: int = setting(2, ge=1, le=len(RELATIONS))
+    cities: int = setting(8, ge=2, le=len(CITIES))
     # The false answer: a city of a sentence sharing the person or the relation ("misleading"), or any
     # other city of the passage ("any").
-    liar_answer: str = "misleading"
+    liar_answer: str = setting("misleading", choices=LIAR_ANSWERS)
     # Held-out questions every protocol is measured on (each in both answer orders).
-    eval_questions: int = 200
+    eval_questions: int = setting(200, ge=1)
     # --- protocol: evidence budget in quotes per side (a debater quotes this many times, one quote a turn;
     # a consultant gets both sides' turns, twice as many, as in Michael et al. 2023).
-    evidence_per_side: int = 1
+    evidence_per_side: int = setting(1, ge=1, le=8)
     simultaneous: bool = False
     # Characters of quoted text per turn.
-    max_quote_chars: int = 80
+    max_quote_chars: int = setting(80, ge=1)
     judge: QuoteJudgeConfig = field(default_factory=QuoteJudgeConfig)
     # --- debater RL (self-play, the judge's verdict as reward): `rl.rollout_batch` fresh questions per
     # iteration, played in both orders as `train_games` (debate, consultancy honest and dishonest, or both).
     rl: PolicyGradientConfig = field(default_factory=PolicyGradientConfig)
-    train_games: str = "both"
+    train_games: str = setting("both", choices=TRAIN_GAMES)
     # Reward of a seat: judge probability of its answer ("prob") or its log ("log", Michael et al.).
-    reward: str = "prob"
+    reward: str = setting("prob", choices=REWARDS)
     # Quotes of the transcript so far the debater reads (the most recent, with who made them and their
     # [v]/[u] marks): null for all of them (transcript_quotes - 1 at most), 0 for none (transcript-blind).
     # 0 by default: reading them measured no better over 3 seeds (at f356fae: debate after training 0.809
     # against 0.897 blind) at twice the input length, and this judge scores each quote on its own.
-    seen_quotes: int | None = 0
+    seen_quotes: int | None = setting(0, ge=0)
     # Debaters evaluated by their most likely quote instead of a sample.
     eval_greedy: bool = False
     # Bootstrap resamples for the log-score / ECE / Brier intervals.
-    bootstrap: int = 1000
+    bootstrap: int = setting(1000, ge=1)
 
     def __post_init__(self) -> None:
-        choices = (("liar_answer", LIAR_ANSWERS), ("train_games", TRAIN_GAMES), ("reward", REWARDS))
-        for key, allowed in choices:
-            if getattr(self, key) not in allowed:
-                raise ValueError(
-                    f"experiment.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}"
-                )
-        limits = (
-            ("entities", 2, len(NAMES)),
-            ("relations", 1, len(RELATIONS)),
-            ("cities", 2, len(CITIES)),
-            ("evidence_per_side", 1, 8),
-        )
-        for key, lo, hi in limits:
-            if not lo <= getattr(self, key) <= hi:
-                raise ValueError(f"experiment.{key}={getattr(self, key)} must be in {lo}..{hi}")
+        check_fields(self, "experiment.")
         if self.entities * self.relations < 2:
             raise ValueError("experiment.entities x relations must give at least 2 sentences")
-        if self.eval_questions < 1:
-            raise ValueError(f"experiment.eval_questions={self.eval_questions} must be >= 1")
-        if self.seen_quotes is not None and self.seen_quotes < 0:
-            raise ValueError(f"experiment.seen_quotes={self.seen_quotes} must be >= 0 (or null for all)")
 
     @property
     def passages(self) -> PassageSpec:

@@ -10,6 +10,12 @@ import string
 from pathlib import Path
 from typing import Protocol
 
+from oversight.errors import UserError
+
+
+class TokenizerError(UserError, ValueError):
+    """A tokenizer folder that is missing or unusable here."""
+
 
 class Tokenizer(Protocol):
     vocab_size: int
@@ -53,12 +59,12 @@ class HFTokenizer:
 
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"tokenizer folder {path} does not exist")
+            raise TokenizerError(f"tokenizer folder {path} does not exist")
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         self.vocab_size = len(self._tok)
         eos = self._tok.eos_token_id
         if eos is None:
-            raise ValueError(f"tokenizer in {path} defines no eos token; generation needs one to stop")
+            raise TokenizerError(f"tokenizer in {path} defines no eos token; generation needs one to stop")
         self.eos_id = eos
         self.bos_id = self._tok.bos_token_id if self._tok.bos_token_id is not None else eos
         self.pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else eos

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
+from oversight.errors import ConfigError
 from oversight.models.config import ModelConfig
 from oversight.models.transformer import KVCache, Transformer, positions_from_mask
 
@@ -15,7 +16,7 @@ def make_model(cfg: ModelConfig, seed: int) -> Transformer:
 def check_vocab(cfg: ModelConfig, tokenizer, where: str = "model") -> None:
     """The model's embedding must cover every token id the tokenizer can produce."""
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: vocabulary size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}"
         )
 

@@ -2,52 +2,54 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from oversight.settings import check_fields, setting
 
 FAMILIES = ("gpt2", "llama")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 # Hashable: the model keeps its config as static data, which jit hashes. Do not mutate after construction.
 @dataclass(unsafe_hash=True)
 class ModelConfig:
     # "gpt2": learned positions, LayerNorm, GELU MLP, biases; "llama": RoPE, RMSNorm, SwiGLU, no MLP biases.
-    family: str = "gpt2"
+    family: str = setting("gpt2", choices=FAMILIES)
     # Embedding rows; at least the tokenizer's vocabulary (checked when a run starts; HF models often pad it).
-    vocab_size: int = 101
+    vocab_size: int = setting(101, ge=1)
     # Residual stream width D.
-    d_model: int = 128
+    d_model: int = setting(128, ge=1)
     # Number of transformer blocks.
-    n_layers: int = 2
+    n_layers: int = setting(2, ge=1)
     # Query heads H.
-    n_heads: int = 4
+    n_heads: int = setting(4, ge=1)
     # Key/value heads K (grouped-query attention when K < H); null = H.
-    n_kv_heads: int | None = None
+    n_kv_heads: int | None = setting(None, ge=1)
     # Per-head width; null = d_model / n_heads.
-    head_dim: int | None = None
+    head_dim: int | None = setting(None, ge=1)
     # MLP hidden width F; null = 4 * d_model.
-    d_ff: int | None = None
+    d_ff: int | None = setting(None, ge=1)
     # Longest sequence (prompt + response) the model accepts; also the learned-position table size.
-    max_seq_len: int = 256
+    max_seq_len: int = setting(256, ge=1)
     # Epsilon of LayerNorm / RMSNorm.
-    norm_eps: float = 1e-5
+    norm_eps: float = setting(1e-5, gt=0)
     # RoPE base frequency (Llama family only).
-    rope_theta: float = 10000.0
+    rope_theta: float = setting(10000.0, gt=0)
     # Share the input embedding with the LM head.
     tie_embeddings: bool = True
     # Biases on the q/k/v projections in the Llama family (Qwen2 has them). GPT-2 always has biases.
     attention_bias: bool = False
     # Dtype of activations and matmuls ("float32", "bfloat16"); parameters and losses stay float32.
-    dtype: str = "float32"
+    dtype: str = setting("float32", choices=DTYPES)
     # Scalar heads on the trunk, by name (e.g. ["reward"], ["value"], ["discriminator"]).
-    scalar_heads: list[str] = field(default_factory=list)
+    scalar_heads: list[str] = setting(factory=list)
     # Standard deviation of the normal initialiser.
-    init_std: float = 0.02
+    init_std: float = setting(0.02, ge=0)
     # Local Hugging Face checkpoint folder to import; its config.json replaces the architecture fields above.
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"model.family={self.family!r} is not one of {FAMILIES}")
+        check_fields(self, "model.")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:

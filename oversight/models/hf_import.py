@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from oversight.errors import UserError
 from oversight.models.config import ModelConfig
 from oversight.models.transformer import Transformer
 
@@ -80,7 +81,7 @@ _RAW_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint folder that cannot be imported: the message names the folder and what is wrong."""
 
 
@@ -470,8 +471,9 @@ def _read_config_json(folder: Path) -> dict:
 def read_model_config(path: str | Path, **overrides: Any) -> ModelConfig:
     """The `ModelConfig` of the checkpoint folder `path` (from its config.json), with `overrides` applied."""
     folder = Path(path)
+    config_json = _read_config_json(folder)  # its errors name the folder already
     try:
-        return model_config_from_hf(_read_config_json(folder), **overrides)
+        return model_config_from_hf(config_json, **overrides)
     except CheckpointError as e:
         raise CheckpointError(f"{folder}: {e}") from None
 

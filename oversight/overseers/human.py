@@ -29,6 +29,7 @@ from oversight.overseers.base import (
     rank,
     task_for,
 )
+from oversight.settings import check_fields, setting
 from oversight.tasks.base import Critique, Problem, Task
 
 ORDERS = ("random", "in_order")
@@ -40,28 +41,21 @@ class HumanCapacity:
     """What a simulated labeller can do per response."""
 
     # units it can check per response
-    budget: int = 4
+    budget: int = setting(4, ge=0)
     # per check: probability a wrong unit looks right
-    miss_rate: float = 0.0
+    miss_rate: float = setting(0.0, ge=0, le=1)
     # per check: probability a right unit looks wrong
-    false_alarm_rate: float = 0.0
+    false_alarm_rate: float = setting(0.0, ge=0, le=1)
     # which units it checks: "random" (a random subset) or "in_order" (the first `budget` units)
-    order: str = "random"
+    order: str = setting("random", choices=ORDERS)
     # how it uses critiques: "check_first" (checks the units they point at first, within budget),
     # "trust" (marks those units wrong without checking, then spends its budget elsewhere), "ignore"
-    assistance: str = "check_first"
+    assistance: str = setting("check_first", choices=ASSISTANCE_MODES)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.budget, int) or self.budget < 0:
-            raise ValueError(f"budget must be an int >= 0, got {self.budget!r}")
-        for name in ("miss_rate", "false_alarm_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        if self.assistance not in ASSISTANCE_MODES:
-            raise ValueError(f"assistance must be one of {ASSISTANCE_MODES}, got {self.assistance!r}")
+        if not isinstance(self.budget, int):
+            raise ValueError(f"budget must be an int, got {self.budget!r}")
+        check_fields(self)
 
     @classmethod
     def with_error_rate(cls, error_rate: float, **kwargs) -> HumanCapacity:

@@ -16,6 +16,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from oversight.settings import setting
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -35,11 +37,11 @@ def _default_rules() -> dict[str, list[str]]:
 @dataclass
 class MeshConfig:
     # Data-parallel axis size; -1 = the devices the other axes leave.
-    data: int = -1
+    data: int = setting(-1, ge=-1)
     # Fully-sharded data-parallel axis size (parameters and optimizer state split along `embed`).
-    fsdp: int = 1
+    fsdp: int = setting(1, ge=-1)
     # Tensor-parallel axis size (heads, MLP width, vocabulary split).
-    tensor: int = 1
+    tensor: int = setting(1, ge=-1)
     # Logical axis -> mesh axes. A dimension a mesh axis does not divide stays replicated on that axis.
     rules: dict[str, list[str]] = field(default_factory=_default_rules)
     # Call jax.distributed.initialize() first (multi-host jobs under SLURM, Kubernetes, Cloud TPU).

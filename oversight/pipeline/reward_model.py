@@ -16,6 +16,7 @@ from oversight.parallel import shard_batch
 from oversight.pipeline.context import RunContext
 from oversight.pipeline.stages import Trainer, round_up
 from oversight.sampling.generate import left_pad
+from oversight.settings import setting
 from oversight.stats import proportion_row
 from oversight.training.loop import TrainConfig
 from oversight.training.reward_model import (
@@ -32,15 +33,11 @@ from oversight.training.reward_model import (
 @dataclass
 class ComparisonsConfig:
     # Responses per prompt that the labeller ranks (K).
-    k: int = 4
+    k: int = setting(4, ge=2)
     # Prompts whose K policy samples are ranked.
-    prompts: int = 1024
+    prompts: int = setting(1024, ge=2)
     # Fraction of those rankings held out to measure the reward model.
-    heldout_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"comparisons.heldout_fraction={self.heldout_fraction} must be in (0, 1)")
+    heldout_fraction: float = setting(0.25, gt=0, lt=1)
 
 
 @dataclass

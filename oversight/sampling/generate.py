@@ -18,18 +18,22 @@ from flax import nnx
 
 from oversight.models.kernels import target_logprobs
 from oversight.models.transformer import KVCache, Transformer, positions_from_mask
+from oversight.settings import check_fields, setting
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     # Tokens generated after the prompt (the loop always runs this many steps; rows stop at a stop token).
-    max_new_tokens: int = 64
+    max_new_tokens: int = setting(64, ge=0)
     # Softmax temperature; 0 = greedy.
-    temperature: float = 1.0
+    temperature: float = setting(1.0, ge=0)
     # Keep only the k most likely tokens; 0 = off.
-    top_k: int = 0
+    top_k: int = setting(0, ge=0)
     # Keep the smallest set of tokens whose probability reaches p; 1.0 = off.
-    top_p: float = 1.0
+    top_p: float = setting(1.0, gt=0, le=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "sampling.")
 
 
 class SampleOutput(NamedTuple):

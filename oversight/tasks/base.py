@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from oversight.errors import UserError
+
 # ----------------------------------------------------------------------------------------------------------
 # Records
 
@@ -461,7 +463,7 @@ def get_task(name: str, **options: Any) -> Task:
 COLUMNS = ("task", "id", "difficulty", "prompt", "solution", "data")
 
 
-class MalformedRowError(ValueError):
+class MalformedRowError(UserError, ValueError):
     """A row of a problem file that does not fit the schema; the message names the file and 1-based line."""
 
     def __init__(self, path: str, line: int | None, message: str) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from oversight.settings import check_fields, setting
 from oversight.tracking.jsonl import JsonlTracker
 from oversight.tracking.run_info import process_index
 from oversight.tracking.tensorboard_tracker import TensorBoardTracker
@@ -14,15 +15,10 @@ from oversight.tracking.wandb_tracker import WandbTracker
 WANDB_MODES = ("online", "offline", "disabled")
 
 
-def check_wandb_mode(mode: str) -> None:
-    if mode not in WANDB_MODES:
-        raise ValueError(f"tracker.wandb_mode={mode!r} is not one of {', '.join(WANDB_MODES)}")
-
-
 @dataclass
 class TrackerConfig:
     # W&B mode: "offline" needs no account (sync later with `wandb sync`), "disabled" logs nothing.
-    wandb_mode: str = "offline"
+    wandb_mode: str = setting("offline", choices=WANDB_MODES)
     # W&B project the runs land in.
     wandb_project: str = "oversight"
     # W&B team or user; None uses the account's default entity.
@@ -33,7 +29,7 @@ class TrackerConfig:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        check_wandb_mode(self.wandb_mode)
+        check_fields(self, "tracker.")
 
 
 class Tracker(Protocol):
@@ -98,7 +94,7 @@ def open_tracker(
     None when starting from scratch. Only process 0 records anything: other hosts would write
     the same files and the same W&B run.
     """
-    check_wandb_mode(cfg.wandb_mode)
+    check_fields(cfg, "tracker.")
     if process_index() != 0:
         return CompositeTracker([])
     jsonl = JsonlTracker(run_dir, resume_step=resume_step)

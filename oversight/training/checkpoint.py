@@ -12,6 +12,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from oversight.errors import UserError
+
+
+class ResumeError(UserError, ValueError):
+    """A checkpoint in the run folder that cannot be restored into this run's state."""
+
 
 class Checkpointer:
     def __init__(self, directory: Path, keep: int = 2):
@@ -34,12 +40,19 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restore into `abstract_state` (jax.ShapeDtypeStruct leaves with shardings)."""
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:  # Orbax raises many kinds (missing file, bad shape, corrupt data)
+            raise ResumeError(
+                f"{self.directory / str(step)}: cannot restore this checkpoint ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); it was damaged or written by another model or "
+                "code version. Move it away to resume from an earlier one, or start in another hydra.run.dir"
+            ) from e
         return restored["state"], restored["meta"]
 
     def wait(self) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from oversight.settings import check_fields, setting
+
 
 @dataclass
 class PolicyGradientConfig:
@@ -21,42 +23,26 @@ class PolicyGradientConfig:
     surrogate (with a KL penalty to the initial policy and an entropy bonus)."""
 
     # Rollout-then-update iterations.
-    iterations: int = 20
+    iterations: int = setting(20, ge=0)
     # Episodes rolled out per iteration (what an episode is belongs to the experiment: in text debate, a
     # question played in both answer orders, as debate and as consultancy).
-    rollout_batch: int = 16
+    rollout_batch: int = setting(16, ge=1)
     # Learning rate (AdamW, cosine decay to a tenth over every update of the stage; no warm-up).
-    learning_rate: float = 1e-3
+    learning_rate: float = setting(1e-3, gt=0)
     # Optimisation epochs over each rollout, each a fresh permutation split into `minibatches`.
-    epochs: int = 2
-    minibatches: int = 2
+    epochs: int = setting(2, ge=1)
+    minibatches: int = setting(2, ge=1)
     # Ratio clip ε of the surrogate.
-    clip_eps: float = 0.2
+    clip_eps: float = setting(0.2, gt=0)
     # Coefficient of KL(π || π_initial), the penalty that keeps the policy near where it started.
-    kl_coef: float = 0.02
+    kl_coef: float = setting(0.02, ge=0)
     # Entropy bonus coefficient.
-    ent_coef: float = 0.0
+    ent_coef: float = setting(0.0, ge=0)
     # Sampling temperature of the rollouts (log-probs are of logits / temperature).
-    temperature: float = 1.0
+    temperature: float = setting(1.0, gt=0)
 
     def __post_init__(self) -> None:
-        if self.iterations < 0 or self.rollout_batch < 1:
-            raise ValueError(
-                f"policy gradient: iterations={self.iterations} must be >= 0, rollout_batch={self.rollout_batch} >= 1"
-            )
-        if self.epochs < 1 or self.minibatches < 1:
-            raise ValueError(
-                f"policy gradient: epochs={self.epochs} and minibatches={self.minibatches} must be >= 1"
-            )
-        if self.clip_eps <= 0 or self.temperature <= 0 or self.learning_rate <= 0:
-            raise ValueError(
-                f"policy gradient: clip_eps={self.clip_eps}, temperature={self.temperature} and "
-                f"learning_rate={self.learning_rate} must be > 0"
-            )
-        if self.kl_coef < 0 or self.ent_coef < 0:
-            raise ValueError(
-                f"policy gradient: kl_coef={self.kl_coef} and ent_coef={self.ent_coef} must be >= 0"
-            )
+        check_fields(self, "rl.")
 
 
 def policy_gradient_loss(

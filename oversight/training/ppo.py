@@ -36,6 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from oversight.models.kernels import target_logprobs
 from oversight.models.transformer import Transformer, positions_from_mask
 from oversight.parallel import batch_sharding
+from oversight.settings import check_fields, setting
 from oversight.training.loop import training_compiler_options
 from oversight.training.reward_model import reward_scores
 from oversight.training.sft import sft_loss
@@ -47,80 +48,61 @@ CRITICS = ("shared", "separate")
 @dataclass(frozen=True)
 class PPOConfig:
     # Discount γ; 1 in RLHF (one episode = one response, rewards already carry the KL per token).
-    gamma: float = 1.0
+    gamma: float = setting(1.0, gt=0, le=1)
     # GAE λ.
-    lam: float = 0.95
+    lam: float = setting(0.95, gt=0, le=1)
     # Policy ratio clip ε: the surrogate is clipped to [1 - ε, 1 + ε].
-    clip_eps: float = 0.2
+    clip_eps: float = setting(0.2, gt=0)
     # Value clip: new values stay within ±clip_value of the rollout's; 0 = no value clipping.
-    clip_value: float = 0.2
+    clip_value: float = setting(0.2, ge=0)
     # Weight of the value loss (0.1 in Ziegler et al., where policy and value share a trunk).
-    vf_coef: float = 0.1
+    vf_coef: float = setting(0.1, ge=0)
     # Entropy bonus coefficient (0 in InstructGPT and Ziegler et al.).
-    ent_coef: float = 0.0
+    ent_coef: float = setting(0.0, ge=0)
     # Initial KL coefficient β of the per-token penalty (0.02 in InstructGPT).
-    kl_coef: float = 0.02
+    kl_coef: float = setting(0.02, ge=0)
     # Adaptive KL controller target (summed KL per response, nats); None = fixed β.
-    kl_target: float | None = None
+    kl_target: float | None = setting(None, gt=0)
     # Adaptive KL controller horizon, in episodes (responses); Ziegler et al. use 10000.
-    kl_horizon: int = 10000
+    kl_horizon: int = setting(10000, gt=0)
     # Optimisation epochs over each rollout batch.
-    epochs: int = 4
+    epochs: int = setting(4, ge=1)
     # Minibatches per epoch (each epoch draws a fresh permutation).
-    minibatches: int = 1
+    minibatches: int = setting(1, ge=1)
     # PPO-ptx coefficient γ_ptx on the pretraining log-likelihood (27.8 in InstructGPT; 0 = plain PPO).
-    ptx_coef: float = 0.0
+    ptx_coef: float = setting(0.0, ge=0)
     # Subtracted from the score of a response without a stop token (it was truncated at the length limit).
-    missing_stop_penalty: float = 1.0
+    missing_stop_penalty: float = setting(1.0, ge=0)
     # Sampling temperature of the rollouts; log-probs for the ratio and the KL use logits / temperature.
-    temperature: float = 1.0
+    temperature: float = setting(1.0, gt=0)
     # Whiten advantages (global masked mean 0, std 1) before the update.
     whiten_advantages: bool = True
     # Name of the policy's value head (a scalar head of the same trunk).
     value_head: str = "value"
     # --- the PPO stage (`oversight.pipeline.ppo`)
     # Rollout batches (iterations) per round.
-    iterations: int = 30
+    iterations: int = setting(30, ge=1)
     # Prompts per rollout batch (one response each).
-    rollout_batch: int = 64
+    rollout_batch: int = setting(64, ge=1)
     # Peak learning rate of the policy (cosine decay to a tenth over every update of the run; no warm-up).
-    learning_rate: float = 3e-5
+    learning_rate: float = setting(3e-5, gt=0)
     # Where the value head lives: "shared" (on the policy's trunk, Ziegler et al.) or "separate" (a critic
     # transformer started from the reward model, as InstructGPT's value function).
-    critic: str = "shared"
+    critic: str = setting("shared", choices=CRITICS)
     # Learning rate of a separate critic (None: the policy's). Its value head may start at zero, and at the
     # policy's rate it would not even learn the returns' mean within a short run.
-    critic_learning_rate: float | None = None
+    critic_learning_rate: float | None = setting(None, gt=0)
     # Value head initialisation: "reward_model" (InstructGPT) or "zero".
-    value_init: str = "reward_model"
+    value_init: str = setting("reward_model", choices=VALUE_INITS)
     # Evaluate on held-out prompts every N iterations (and before the first and after the last).
-    eval_every: int = 5
+    eval_every: int = setting(5, ge=1)
     # Save a checkpoint every N iterations (and after the last).
-    checkpoint_every: int = 10
+    checkpoint_every: int = setting(10, ge=1)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.lam <= 1.0 or not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"ppo: gamma={self.gamma} and lam={self.lam} must be in (0, 1]")
-        if self.clip_eps <= 0 or self.clip_value < 0:
-            raise ValueError(f"ppo: clip_eps={self.clip_eps} must be > 0, clip_value={self.clip_value} >= 0")
-        if self.epochs < 1 or self.minibatches < 1:
-            raise ValueError(f"ppo: epochs={self.epochs} and minibatches={self.minibatches} must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(
-                f"ppo: temperature={self.temperature} must be > 0 (PPO needs a stochastic policy; greedy "
-                "rollouts have no log-probs to take a ratio of)"
-            )
-        if self.kl_target is not None and (self.kl_target <= 0 or self.kl_horizon <= 0):
-            raise ValueError(f"ppo: kl_target={self.kl_target} and kl_horizon={self.kl_horizon} must be > 0")
-        if self.critic not in CRITICS:
-            raise ValueError(f"ppo: critic={self.critic!r} is not one of {CRITICS}")
+        check_fields(self, "ppo.")  # temperature > 0: greedy rollouts have no log-probs to take a ratio of
         if self.critic_learning_rate is not None and self.critic != "separate":
-            raise ValueError("ppo: critic_learning_rate needs critic=separate")
-        if self.value_init not in VALUE_INITS:
-            raise ValueError(f"ppo: value_init={self.value_init!r} is not one of {VALUE_INITS}")
-        for name in ("iterations", "rollout_batch", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ppo: {name}={getattr(self, name)} must be >= 1")
+            raise ValueError("ppo.critic_learning_rate needs ppo.critic=separate")
 
 
 # --- rollout side: log-probs, rewards, advantages -------------------------------------------------------

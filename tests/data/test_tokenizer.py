@@ -2,7 +2,7 @@
 
 import pytest
 
-from oversight.data.tokenizer import CharTokenizer, HFTokenizer, load_tokenizer
+from oversight.data.tokenizer import CharTokenizer, HFTokenizer, TokenizerError, load_tokenizer
 from oversight.models import ModelConfig, check_vocab
 
 
@@ -44,7 +44,7 @@ def test_hugging_face_tokenizer_loads_from_a_local_folder(tmp_path):
 
 
 def test_missing_tokenizer_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+    with pytest.raises(TokenizerError, match="no_such_folder"):
         load_tokenizer(str(tmp_path / "no_such_folder"))
 
 

@@ -94,7 +94,7 @@ def test_critique_assist_end_to_end(critique_runs):
     # the gold critique is the ceiling: the overseer checks the unit it points at first
     assert found["flawed", "gold_critique"]["value"] >= found["flawed", "unassisted"]["value"]
     for r in rows:
-        if not np.isnan(r["value"]):
+        if r["value"] is not None:  # null: not measurable (a rate over zero cases)
             assert r["ci_low"] <= r["value"] <= r["ci_high"], r
 
 

@@ -138,17 +138,19 @@ def test_debaters_reveal_only_nonzero_unrevealed_pixels_and_the_judge_sees_only_
 
 def test_bad_options_fail_naming_the_key():
     with pytest.raises(ValueError, match="experiment.evidence_per_side: 9 pixels a side is outside 1..8"):
-        D._check(D.DigitsDebateOptions(evidence_per_side=[9]), 16)
-    with pytest.raises(ValueError, match="experiment.liar_label='best'"):
-        D._check(D.DigitsDebateOptions(liar_label="best"), 16)
-    with pytest.raises(ValueError, match="unknown debater 'mcts'"):
-        D._check(D.DigitsDebateOptions(agents=["mcts"]), 16)
+        D._check_budgets(D.DigitsDebateOptions(evidence_per_side=[9]), 16)
+    with pytest.raises(ValueError, match="experiment.liar_label='best' is not one of confusable"):
+        D.DigitsDebateOptions(liar_label="best")
+    with pytest.raises(
+        ValueError, match=r"experiment.agents=\['mcts'\] holds 'mcts': each element must be one of"
+    ):
+        D.DigitsDebateOptions(agents=["mcts"])
     with pytest.raises(ValueError, match="search_depth=4 must be in 1..search_width=3"):
-        D._check(D.DigitsDebateOptions(search_depth=4), 16)
+        D.DigitsDebateOptions(search_depth=4)
     with pytest.raises(ValueError, match="learned_group=1 must be >= 2"):
-        D._check(D.DigitsDebateOptions(learned_group=1), 16)
-    with pytest.raises(ValueError, match="learned_consultancy=1.5 must be in"):
-        D._check(D.DigitsDebateOptions(learned_consultancy=1.5), 16)
+        D.DigitsDebateOptions(learned_group=1)
+    with pytest.raises(ValueError, match="learned_consultancy=1.5 must be >= 0 and <= 1"):
+        D.DigitsDebateOptions(learned_consultancy=1.5)
     with pytest.raises(ValueError, match="unknown search debater 'learned'"):
         D.SearchDebater(None, "learned")
 

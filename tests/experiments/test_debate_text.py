@@ -73,11 +73,11 @@ def test_a_blind_judge_cannot_beat_chance_by_construction():
 def test_bad_options_name_the_key():
     with pytest.raises(ValueError, match="experiment.judge.kind='human'"):
         T.QuoteJudgeConfig(kind="human")
-    with pytest.raises(ValueError, match="experiment.judge.retrain_mix=1.5 must be in"):
+    with pytest.raises(ValueError, match="experiment.judge.retrain_mix=1.5 must be >= 0 and <= 1"):
         T.QuoteJudgeConfig(retrain_mix=1.5)
-    with pytest.raises(ValueError, match="policy gradient: epochs=0"):
+    with pytest.raises(ValueError, match="rl.epochs=0 must be >= 1"):
         T.PolicyGradientConfig(epochs=0)
-    with pytest.raises(ValueError, match="experiment.entities=1 must be in 2..14"):
+    with pytest.raises(ValueError, match="experiment.entities=1 must be >= 2 and <= 14"):
         T.TextDebateOptions(entities=1)
     with pytest.raises(ValueError, match="experiment.liar_answer"):
         T.TextDebateOptions(liar_answer="worst")
