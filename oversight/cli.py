@@ -280,6 +280,50 @@ def version_line() -> str:
     return f"oversight {oversight.__version__} ({where}) {libs}"
 
 
+USAGE = """oversight: scalable-oversight experiments on JAX/Flax.
+
+  oversight experiment=NAME [key=value ...]       one run (folder under runs/)
+  oversight -m experiment=NAME seed=0,1,2         a sweep over every combination (folders under multirun/)
+  oversight report FOLDER... [--output FILE]      Markdown results tables over seeds, from run folders
+  oversight --list-experiments | --version        what is installed, and which code
+  oversight --help [experiment=NAME key=value]    this help, with NAME's options and the values given
+  --debug                                         keep the traceback of a user error (HYDRA_FULL_ERROR=1)
+  --hydra-help                                    Hydra's own options (launchers, sweepers, -cfg job)
+"""
+
+
+def help_text(overrides: list[str]) -> str:
+    """Usage, the experiments, the config groups and every setting: its value with `overrides` applied, its
+    valid values and what it is (from the comment above the field in its dataclass)."""
+    from hydra import compose, initialize_config_dir
+
+    from oversight.settings import setting_rows
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    name = cfg.experiment.name
+    options = OmegaConf.merge(
+        options_schema(get_experiment(name).options),
+        {k: v for k, v in cfg.experiment.items() if k != "name"},
+    )
+    groups = {
+        g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
+        for g in ("experiment", "model", "task", "train", "mesh", "tracker")
+    }
+    lines = [USAGE, "Experiments:"]
+    lines += [f"  {n:18s} {e.description}" for n, e in sorted(available_experiments().items())]
+    lines += ["", "Config groups (group=option; the experiment's YAML may choose them):"]
+    lines += [f"  {g:11s} {', '.join(opts)}" for g, opts in groups.items()]
+    rows = setting_rows(cfg)
+    rows = [r for r in rows if not r[0].startswith("experiment")] + setting_rows(options, "experiment.")
+    lines += ["", f"Settings (key = value here [valid values]  what it is); experiment options of {name}:"]
+    for key, value, valid, doc in rows:
+        shown = "null" if value is None else value
+        lines.append(f"  {key} = {shown}" + (f"  [{valid}]" if valid else "") + (f"  {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["report"]:  # before Hydra, which would take `report` for an override
         report_command(sys.argv[2:])
@@ -287,6 +331,11 @@ def main() -> None:
     if "--debug" in sys.argv[1:]:  # ours, not Hydra's: user errors keep their traceback (and Hydra's)
         sys.argv.remove("--debug")
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    if "--hydra-help" in sys.argv[1:]:  # Hydra's own help, under the name Hydra gives it
+        sys.argv[sys.argv.index("--hydra-help")] = "--help"
+    elif "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        print(help_text([a for a in sys.argv[1:] if a not in ("--help", "-h")]))
+        return
     if sys.argv[1:2] == ["--version"]:  # before Hydra, whose own --version names Hydra's
         print(version_line())
         return

@@ -114,3 +114,45 @@ def check_known_keys(given: Any, schema: DictConfig, path: str = "") -> None:
         child = schema._get_node(key)
         if isinstance(child, DictConfig) and not _is_missing(schema, key):
             check_known_keys(value, child, f"{path}{key}.")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The comment lines above each field of dataclass `cls` in its source, joined: the settings' documentation."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs, comment = {}, []
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#").strip())
+            continue
+        match = re.match(r"\s+(\w+)\s*:", line)
+        if match and match.group(1) in names and comment:
+            docs[match.group(1)] = " ".join(comment)
+        comment = []
+    return docs
+
+
+def setting_rows(node: Any, path: str = "") -> list[tuple[str, Any, str, str]]:
+    """(key, value, valid values, documentation) of every setting of `node` (a config dataclass's OmegaConf
+    node) and of the configs nested in it, in declaration order."""
+    t = _config_type(node)
+    if t is None:
+        return []
+    docs, rows = field_docs(t), []
+    for f in dataclasses.fields(t):
+        child = node._get_node(f.name) if isinstance(node, DictConfig) else getattr(node, f.name)
+        if _config_type(child) is not None and not _is_missing(node, f.name):
+            rows += setting_rows(child, f"{path}{f.name}.")
+            continue
+        value = "???" if _is_missing(node, f.name) else getattr(node, f.name)
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value)
+        rows.append((f"{path}{f.name}", value, describe(f), docs.get(f.name, "")))
+    return rows

@@ -263,3 +263,16 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     line = _one_line_error(_call(again))
     assert line.startswith(f"error: {run_dir / 'checkpoints' / 'sft' / '4'}: cannot restore this checkpoint")
     assert "Traceback" in _call([*again[:3], "--debug", *again[3:]]).stderr  # --debug shows where it failed
+
+
+def test_help_lists_the_experiments_and_every_setting_with_its_range_and_description():
+    out = _call([sys.executable, "-m", "oversight.cli", "--help", "experiment=rlhf", "experiment.ppo.kl_coef=0.05"],
+                timeout=120).stdout  # fmt: skip
+    assert "powered by Hydra" not in out and "--list-experiments" in out
+    assert "\n  sft                Supervised fine-tuning" in out
+    lines = out.splitlines()
+    assert "  train.batch_size = 32  [>= 1]  Sequences per step (global, across all devices)." in lines
+    assert any(
+        line.startswith("  experiment.ppo.kl_coef = 0.05  [>= 0]  Initial KL coefficient") for line in lines
+    )
+    assert any(line.startswith("  model.family = gpt2  [one of gpt2, llama]") for line in lines)
