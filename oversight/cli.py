@@ -24,7 +24,7 @@ from oversight.config import Config, register_configs
 from oversight.errors import ConfigError, UserError
 from oversight.registry import Experiment, RunContext, available_experiments, get_experiment
 from oversight.settings import SettingError, check_fields, check_known_keys
-from oversight.tracking.run_info import code_version
+from oversight.tracking.run_info import code_version, process_index
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -147,11 +147,12 @@ def run_from_config(
     initialize_distributed(typed.mesh)
     check_resume_config(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (records or {}).items():
-        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / name).write_text(text)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    write_run_info(run_dir, typed.seed)
+    if process_index() == 0:  # on a multi-host job one process records the run (the others would race it)
+        for name, text in (records or {}).items():
+            (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / name).write_text(text)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_run_info(run_dir, typed.seed)
     tracker = open_tracker(
         typed.tracker,
         run_dir,
