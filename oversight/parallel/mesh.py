@@ -46,12 +46,20 @@ class MeshConfig:
     rules: dict[str, list[str]] = field(default_factory=_default_rules)
     # Call jax.distributed.initialize() first (multi-host jobs under SLURM, Kubernetes, Cloud TPU).
     distributed: bool = False
+    # Where process 0 listens ("host:port"), how many processes, and this one's index; null: detected from
+    # the cluster's environment (SLURM, Kubernetes, Cloud TPU). Set all three to launch processes by hand.
+    coordinator: str | None = None
+    num_processes: int | None = setting(None, ge=1)
+    process_id: int | None = setting(None, ge=0)
 
 
 def initialize_distributed(cfg: MeshConfig) -> None:
-    """Join a multi-host job; must run before anything touches a device. Single-host runs skip it."""
+    """Join a multi-host job; must run before anything touches a device. Single-host runs skip it. On CPU the
+    processes' collectives go over gloo."""
     if cfg.distributed:
-        jax.distributed.initialize()
+        if jax.config.jax_platforms in (None, "", "cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
 
 
 def make_mesh(cfg: MeshConfig, devices: list | None = None) -> jax.sharding.Mesh:

@@ -80,3 +80,49 @@ def test_only_process_zero_writes_the_tracker_files(runs):
     _, two = runs
     assert (two / "run_p0" / "metrics.jsonl").read_text().count("\n") == 1
     assert not (two / "run_p1").exists() or not any((two / "run_p1").iterdir())
+
+
+SFT = ["experiment=sft", "train.steps=10", "train.log_every=5", "task.num_train=256", "task.num_eval=16",
+       "experiment.eval_samples=8", "model.d_model=64", "model.n_layers=1", "tracker=disabled"]  # fmt: skip
+
+
+def _oversight(devices: int, *args: str) -> subprocess.Popen:
+    env = dict(os.environ) | {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen([sys.executable, "-m", "oversight.cli", *SFT, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _finish(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        log = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, log[-3000:]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    results = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in rows if "train/loss" in r] + [r["value"] for r in results]
+
+
+def test_the_command_line_recipe_two_processes_by_hand_run_the_sft_experiment_of_one(tmp_path):
+    """docs/usage.md's recipe: the same command in each process with mesh.distributed=true and the coordinator,
+    process count and index; one run folder, written by process 0, with the results of one 8-device process."""
+    port = _free_port()
+    two = [
+        _oversight(
+            4,
+            "mesh.distributed=true",
+            f"mesh.coordinator=localhost:{port}",
+            "mesh.num_processes=2",
+            f"mesh.process_id={i}",
+            f"hydra.run.dir={tmp_path / 'two'}",
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    _finish(*two)
+    _finish(_oversight(8, f"hydra.run.dir={tmp_path / 'one'}"))
+    got, ref = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert len(got) == len(ref) == 4  # two logged losses, gold accuracy and held-out loss
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
