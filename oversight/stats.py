@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 
-Z95 = 1.959963984540054  # standard normal 97.5% quantile
 
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (well behaved at 0 and n, unlike the normal one)."""
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (well behaved at 0 and n, unlike the normal one), from
+    scipy; (NaN, NaN) when n is 0."""
     if n <= 0:
         return (float("nan"), float("nan"))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def bootstrap_interval(
@@ -57,7 +54,9 @@ def proportion_row(metric: str, successes: int, n: int, **extra) -> dict:
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve: the probability that a random positive scores above a random negative,
-    ties counting one half (the Mann–Whitney statistic). NaN when either class is absent."""
+    ties counting one half (the Mann–Whitney statistic). NaN when either class is absent. Equal to
+    scikit-learn's `roc_auc_score` (tested), which is ~50x slower on the few hundred items here, and this runs
+    inside 2000 bootstrap resamples."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
     pos, neg = scores[labels], scores[~labels]
     if len(pos) == 0 or len(neg) == 0:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from sklearn.metrics import roc_auc_score
 
 from experiments.critique import (
     HEADS,
@@ -101,6 +102,7 @@ def test_auroc_against_pairwise_counting():
     pos, neg = scores[labels], scores[~labels]
     expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg])
     assert auroc(scores, labels) == pytest.approx(expected)
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))  # scikit-learn's
     assert auroc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0
     assert np.isnan(auroc(np.array([0.3, 0.4]), np.array([True, True])))
 
