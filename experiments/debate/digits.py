@@ -57,6 +57,7 @@ from oversight.registry import Experiment, RunContext
 from oversight.settings import check_fields, setting
 from oversight.stats import proportion_row, wilson_interval
 from oversight.tasks.digits import N_CLASSES, N_PIXELS, load_split, make_questions
+from oversight.tracking.progress import progress
 from oversight.training.loop import TrainConfig, make_optimizer
 from oversight.training.policy_gradient import policy_gradient_loss
 
@@ -232,12 +233,15 @@ def train_judge(
     }
     key = jax.random.key(seed)
     done = 0
+    bar = progress(opts.judge_steps, desc=f"judge k={'all' if k is None else k}")
     while done < opts.judge_steps:
         key, sub = jax.random.split(key)
         state, opt_state, loss = _train_chunk(graphdef, state, opt_state, xs, ys, sub, **hyper)
         done += chunk
+        bar.update(chunk)
         if log is not None:
             log(float(loss), done)
+    bar.close()
     return TrainedJudge(graphdef, state, k)
 
 
@@ -622,6 +626,7 @@ def train_learned_debater(
         monitor(debater, 0)
     key = jax.random.key(seed)
     done = 0
+    bar = progress(steps, desc=f"learned debater k={judge.k}")
     while done < steps:
         key, sub = jax.random.split(key)
         state, opt_state, metrics = _rl_chunk(graphdef, judge.graphdef, state, opt_state, judge.state, xs, ys,
@@ -631,8 +636,10 @@ def train_learned_debater(
             for i, row in enumerate(zip(*(np.asarray(v) for v in metrics.values()), strict=True)):
                 log(dict(zip(metrics, map(float, row), strict=True)), done + i + 1)
         done += chunk
+        bar.update(chunk)
         if monitor is not None:
             monitor(debater, done)
+    bar.close()
     return debater
 
 

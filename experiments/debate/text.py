@@ -96,6 +96,7 @@ from oversight.tasks.passages import (
     states,
     training_questions,
 )
+from oversight.tracking.progress import progress
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
 from oversight.training.policy_gradient import PolicyGradientConfig, policy_gradient_loss
 from oversight.training.sft import epoch_batches
@@ -476,12 +477,15 @@ class JudgeTrainer:
                 )
             if k:
                 batch_fns.append(epoch_batches(data, k, seed + i))
+        bar = progress(stage.steps, desc=stage.name)
         for step in range(stage.steps):
+            bar.update(1)
             pieces = [batch_fn(step) for batch_fn in batch_fns]
             batch = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
             self.state, metrics = self.step_fn(self.state, batch)
             if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
                 log({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, stage.offset + step + 1)
+        bar.close()
         return self.judge()
 
     def judge(self) -> QuoteJudge:
@@ -640,7 +644,9 @@ def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, sched
     `stage` step per iteration; `seed` draws the rollouts' questions and minibatches."""
     channel = P.QuoteChannel()
     rl = opts.rl
+    bar = progress(rl.iterations, desc=stage.name, unit="iteration")
     for it in range(rl.iterations):
+        bar.update(1)
         questions = make_questions(rl.rollout_batch, opts.passages, stable_seed(seed, it), prefix=f"r{it}_")
         by_id = {q.id: q for q in questions}
         policy.state, policy.record = state, []
@@ -682,6 +688,7 @@ def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, sched
         stats["rl/honest_reward"] = float(r[honest].mean()) if honest.any() else float("nan")
         stats["rl/liar_reward"] = float(r[~honest].mean()) if (~honest).any() else float("nan")
         log(stats, stage.offset + it + 1)
+    bar.close()
     policy.state = state
     return state
 
