@@ -65,9 +65,9 @@ from oversight.overseers.rankings import MAX_K, MIN_K
 from oversight.pipeline import (
     RunContext,
     Trainer,
-    decode_responses,
     gold_reward,
     round_up,
+    sample_responses,
     sft_stage,
     tokenize_problems,
 )
@@ -566,11 +566,8 @@ def _probe(task: Task, difficulty: int) -> tuple[Problem, str]:
 
 def _sample(sampler: Sampler, tokenizer, problems: list[Problem], per_prompt: int, key) -> list[list[str]]:
     """`per_prompt` samples of each problem, grouped by problem."""
-    prompts = [p for p in tokenize_problems(problems, tokenizer)[0] for _ in range(per_prompt)]
-    texts: list[str] = []
-    for s in range(0, len(prompts), _SAMPLE_CHUNK):
-        out = sampler.sample(prompts[s : s + _SAMPLE_CHUNK], jax.random.fold_in(key, s))
-        texts += decode_responses(tokenizer, out.tokens, out.mask)
+    prompts = tokenize_problems(problems, tokenizer)[0]
+    texts = sample_responses(sampler, prompts, key, tokenizer, per_prompt, _SAMPLE_CHUNK)[3]
     return [texts[i * per_prompt : (i + 1) * per_prompt] for i in range(len(problems))]
 
 
