@@ -238,9 +238,11 @@ def run(ctx: RunContext) -> None:
     results.add(proportion_row("gold/win_rate_decisive", wins, wins + losses))
     summary = results.write(ctx.tracker, ("rm", "labeller", "sft", "ppo", "gold"))
     win = results.value("gold/win_rate")
+    rm_gold = summary["rm/accuracy_gold"]
+    rm_gold = "n/a (no held-out pair that gold orders)" if not np.isfinite(rm_gold) else f"{rm_gold:.3f}"
     print(
         f"labeller agreement with gold {summary['labeller/gold_agreement']:.3f}   RM accuracy on gold pairs "
-        f"{summary['rm/accuracy_gold']:.3f}   gold reward SFT {summary['sft/gold_reward']:.3f} -> PPO "
+        f"{rm_gold}   gold reward SFT {summary['sft/gold_reward']:.3f} -> PPO "
         f"{summary['ppo/gold_reward']:.3f}   win rate {win['value']:.3f} [{win['ci_low']:.3f}, {win['ci_high']:.3f}]"
         f"   run folder {ctx.run_dir}"
     )

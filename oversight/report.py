@@ -477,7 +477,7 @@ def run_digest(
     if not (run_dir / RESULTS_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
         return ""
     run = load_run(run_dir)
-    shared, rows = common_labels([_as_row(r) for r in run.results if r.get("value") is not None])
+    shared, rows = common_labels([_as_row(r) for r in run.results])
     setup = [f"seed {run.seed}"]
     setup += [f"{g}={choices[g]}" for g in ("task", "model") if choices and g in choices]
     setup += [f"{k}={v}" for k, v in shared.items() if not (choices and k in choices)]
@@ -490,6 +490,8 @@ def run_digest(
     for name, row in zip(names, rows[:limit], strict=False):
         interval = _interval(*row.within)
         interval = f"95% interval {interval}" if interval != "–" else ""
+        if row.values[0] is None:  # a rate over no cases, or a quantity the run could not measure
+            interval = "not measurable: no cases" if row.n[0] == 0 else "not measured"
         lines.append(f"  {name:{width}}  {fmt(row.values[0]):>7}  {interval:30}  n={_ns(row.n)}".rstrip())
     if len(rows) > limit:
         lines.append(f"  ... and {len(rows) - limit} more rows")

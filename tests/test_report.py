@@ -221,3 +221,18 @@ def test_report_on_a_folder_without_runs_fails_saying_so(tmp_path):
     )
     assert proc.returncode != 0
     assert f"no run folders (with config.yaml and results.jsonl) under {tmp_path}" in proc.stderr
+
+
+def test_the_run_digest_shows_each_result_and_says_why_a_value_is_missing(tmp_path):
+    from oversight.report import run_digest
+
+    rows = [
+        {"metric": "toy/accuracy", "value": 0.8, "ci_low": 0.71, "ci_high": 0.87, "n": 100, "task": "arithmetic"},
+        {"metric": "toy/hallucinated", "value": None, "ci_low": None, "ci_high": None, "n": 0, "task": "arithmetic"},
+    ]  # fmt: skip
+    _write_run(tmp_path / "run", seed=3, d_model=64, rows=rows, overrides=["experiment=toy", "seed=3"])
+    lines = run_digest(tmp_path / "run", description="a toy").splitlines()
+    assert lines[:2] == ["toy finished: a toy", "Run: seed 3, task=arithmetic"]
+    assert lines[2].split() == ["toy/accuracy", "0.800", "95%", "interval", "[0.710,", "0.870]", "n=100"]
+    assert lines[3].split() == ["toy/hallucinated", "–", "not", "measurable:", "no", "cases", "n=0"]
+    assert lines[-1] == f"As a Markdown table: oversight report {tmp_path / 'run'}"
