@@ -121,6 +121,14 @@ def _read_results(path: Path) -> tuple[dict[str, Any], ...]:
     return tuple(rows)
 
 
+def _own_value(override: str, config: dict[str, Any]) -> str:
+    key, _, value = override.partition("=")
+    name = key.lstrip("+~")
+    if "," in value and name in config and not isinstance(config[name], list | dict):
+        return f"{key}={config[name]}"
+    return override
+
+
 def load_run(folder: Path) -> Run:
     config = _flatten(OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE), resolve=True))
     info_path = folder / RUN_INFO_FILE
@@ -128,8 +136,11 @@ def load_run(folder: Path) -> Run:
     overrides_path = folder / OVERRIDES_FILE
     if overrides_path.is_file():
         overrides = tuple(OmegaConf.to_container(OmegaConf.load(overrides_path)))
-    else:  # not started through Hydra: the command line as recorded, less the program and its flags
-        overrides = tuple(a for a in info.get("command", [])[1:] if not a.startswith("-"))
+    else:  # no Hydra record: the command line as recorded, less the program and its flags, with a swept
+        # list (`seed=0,1,2` of a -m command) replaced by the value this run's config.yaml holds
+        overrides = tuple(
+            _own_value(a, config) for a in info.get("command", [])[1:] if not a.startswith("-")
+        )
     seed = config.get("seed", info.get("seed"))
     return Run(
         folder=folder,

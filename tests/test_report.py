@@ -236,3 +236,19 @@ def test_the_run_digest_shows_each_result_and_says_why_a_value_is_missing(tmp_pa
     assert lines[2].split() == ["toy/accuracy", "0.800", "95%", "interval", "[0.710,", "0.870]", "n=100"]
     assert lines[3].split() == ["toy/hallucinated", "–", "not", "measurable:", "no", "cases", "n=0"]
     assert lines[-1] == f"As a Markdown table: oversight report {tmp_path / 'run'}"
+
+
+def test_a_sweep_job_without_hydras_record_takes_its_own_value_of_each_swept_list(tmp_path):
+    rows = [{"metric": "toy/accuracy", "value": 0.8, "ci_low": 0.7, "ci_high": 0.9, "n": 100}]
+    for seed in (0, 1):
+        folder = tmp_path / str(seed)
+        _write_run(folder, seed=seed, d_model=64, rows=rows, overrides=[])
+        (folder / ".hydra" / "overrides.yaml").unlink()
+        info = json.loads((folder / "run_info.json").read_text())
+        info["command"] = ["oversight", "-m", "experiment=toy", "seed=0,1", "model.d_model=64"]
+        (folder / "run_info.json").write_text(json.dumps(info))
+    runs = load_runs([tmp_path])
+    assert [r.overrides for r in runs] == [
+        ("experiment=toy", f"seed={s}", "model.d_model=64") for s in (0, 1)
+    ]
+    assert reproduce_command(runs) == "oversight -m experiment=toy model.d_model=64 seed=0,1"
