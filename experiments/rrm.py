@@ -113,8 +113,8 @@ class RRMOptions:
     difficulties: list[int] = setting(factory=lambda: [1, 2, 4], ge=1)
     # Deepest recursion measured: arms rrm_depth1 .. rrm_depth{depth} (at most the number of levels - 1).
     depth: int = setting(2, ge=1)
-    # Arms to run (null = all: unassisted, rrm_depth1..depth, gold_assistant, gold_feedback); the reward
-    # models their assistants need are trained too.
+    # Arms to run (null = all: unassisted, rrm_depth1..depth, untrained_assistant and random_assistant (the
+    # controls), gold_assistant, gold_feedback); the reward models their assistants need are trained too.
     arms: list[str] | None = None
     # Responses per prompt that each overseer ranks (K).
     k: int = setting(4, ge=MIN_K, le=MAX_K)
@@ -162,20 +162,30 @@ class RRMOptions:
 # The recursion: which feedback trains which reward model
 
 
+# Assistants that are controls, not reward models trained on feedback (see Feedback).
+CONTROLS = ("untrained", "random")
+
+
 @dataclass(frozen=True)
 class Feedback:
     """Who ranks one level's responses: gold, or the overseer assisted by the reward model trained on
-    `assistant` feedback one level down (None: the overseer alone). Names one reward model."""
+    `assistant` feedback one level down (None: the overseer alone). Names one reward model.
+
+    Two more sources are controls, only ever an assistant: "untrained", the reward model before any training
+    (the SFT model's likelihood with the reference shift), and "random", pointers to units in a random order
+    (no model). An assistant's gain over them is what its training on feedback adds."""
 
     level: int
-    # "overseer" or "gold"
+    # "overseer" or "gold"; "untrained" or "random" for a control assistant
     source: str
     assistant: Feedback | None = None
 
     def __post_init__(self) -> None:
-        if self.source not in ("overseer", "gold"):
-            raise ValueError(f"feedback source must be 'overseer' or 'gold', got {self.source!r}")
-        if self.assistant is not None and (self.source == "gold" or self.assistant.level != self.level - 1):
+        if self.source not in ("overseer", "gold", *CONTROLS):
+            raise ValueError(f"feedback source must be 'overseer', 'gold' or a control, got {self.source!r}")
+        if self.assistant is not None and (
+            self.source != "overseer" or self.assistant.level != self.level - 1
+        ):
             raise ValueError(
                 f"an assistant of level-{self.level} overseer feedback must come from level {self.level - 1}"
             )
@@ -183,8 +193,9 @@ class Feedback:
     @property
     def key(self) -> str:
         """ "L2:H+L1:H+L0:H" = level 2 overseer, assisted by the level-1 model trained on level-1 overseer
-        feedback assisted by the level-0 model trained on the level-0 overseer alone; "L1:gold" = gold."""
-        own = f"L{self.level}:{'gold' if self.source == 'gold' else 'H'}"
+        feedback assisted by the level-0 model trained on the level-0 overseer alone; "L1:gold" = gold;
+        "L2:H+L1:untrained" = the level-2 overseer with the untrained model's pointers."""
+        own = f"L{self.level}:{'H' if self.source == 'overseer' else self.source}"
         return own if self.assistant is None else f"{own}+{self.assistant.key}"
 
     @property
@@ -194,7 +205,13 @@ class Feedback:
 
 
 def arm_names(depth: int) -> list[str]:
-    return ["unassisted", *[f"rrm_depth{d}" for d in range(1, depth + 1)], "gold_assistant", "gold_feedback"]
+    return [
+        "unassisted",
+        *[f"rrm_depth{d}" for d in range(1, depth + 1)],
+        *[f"{c}_assistant" for c in CONTROLS],
+        "gold_assistant",
+        "gold_feedback",
+    ]
 
 
 def recursive_feedback(level: int, depth: int) -> Feedback:
@@ -207,8 +224,9 @@ def recursive_feedback(level: int, depth: int) -> Feedback:
 def arm_feedback(arm: str, level: int) -> Feedback:
     if arm == "gold_feedback":
         return Feedback(level, "gold")
-    if arm == "gold_assistant":
-        return Feedback(level, "overseer", Feedback(level - 1, "gold") if level > 0 else None)
+    if arm in ("gold_assistant", *(f"{c}_assistant" for c in CONTROLS)):
+        source = arm.removesuffix("_assistant")
+        return Feedback(level, "overseer", Feedback(level - 1, source) if level > 0 else None)
     if arm == "unassisted":
         return Feedback(level, "overseer")
     if arm.startswith("rrm_depth") and arm[len("rrm_depth") :].isdigit():
@@ -465,10 +483,22 @@ def run(ctx: RunContext) -> None:
     for fb in plan:
         lv = levels[fb.level]
         # -- who ranks: gold, or the overseer with the assistant's pointers
+        if fb.source in CONTROLS:  # a control assistant: nothing to judge or train
+            state = trainer.init_state if fb.source == "untrained" else None
+            trained[fb] = {"state": state}
+            manifest[fb.key] = {"level": fb.level, "difficulty": lv.difficulty, "source": fb.source,
+                                "assistant": None, "assistant_fingerprint": None,
+                                "fingerprint": None if state is None else fingerprint(state), "pairs": 0}  # fmt: skip
+            continue
         pointers, used = None, None
         if fb.assistant is not None:
             helper = trained[fb.assistant]
-            logits = score_units(helper["state"], lv.views)  # (P, K, U)
+            if fb.assistant.source == "random":  # units in a random order, whatever they say
+                logits = np.random.default_rng(ctx.seed(f"pointers/{fb.key}")).random(
+                    lv.views["unit_mask"].shape
+                )
+            else:
+                logits = score_units(helper["state"], lv.views)  # (P, K, U)
             logits = np.where(lv.views["unit_mask"] > 0, logits, np.inf)
             order = np.argsort(logits, axis=-1, kind="stable")[..., :hints]  # least likely right first
             counts = lv.views["unit_mask"].sum(-1).astype(int)  # (P, K)
@@ -476,7 +506,7 @@ def run(ctx: RunContext) -> None:
                 [[int(u) for u in order[i, j] if u < counts[i, j]] for j in range(opts.k)]
                 for i in range(len(lv.compare))
             ]
-            used = fingerprint(helper["state"])
+            used = None if helper["state"] is None else fingerprint(helper["state"])
             manifest[fb.assistant.key].setdefault("assisted", []).append(
                 {"feedback": fb.key, "fingerprint": used}
             )

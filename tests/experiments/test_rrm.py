@@ -19,12 +19,18 @@ from oversight.overseers import HumanCapacity
 
 
 def test_each_arm_is_the_overseer_with_the_recursion_beneath_it():
-    assert arm_names(2) == ["unassisted", "rrm_depth1", "rrm_depth2", "gold_assistant", "gold_feedback"]
+    assert arm_names(2) == [
+        "unassisted", "rrm_depth1", "rrm_depth2", "untrained_assistant", "random_assistant", "gold_assistant",
+        "gold_feedback",
+    ]  # fmt: skip
     assert arm_feedback("unassisted", 2).key == "L2:H"
     assert arm_feedback("rrm_depth1", 2).key == "L2:H+L1:H"
     assert arm_feedback("rrm_depth2", 2).key == "L2:H+L1:H+L0:H"
     assert arm_feedback("gold_assistant", 2).key == "L2:H+L1:gold"
     assert arm_feedback("gold_feedback", 2).key == "L2:gold"
+    # the controls: the untrained reward model's pointers, and pointers in a random order
+    assert arm_feedback("untrained_assistant", 2).key == "L2:H+L1:untrained"
+    assert arm_feedback("random_assistant", 1).key == "L1:H+L0:random"
     # the recursion bottoms out at level 0: depth 2 at level 1 is depth 1, and level 0 is always unassisted
     assert arm_feedback("rrm_depth2", 1) == arm_feedback("rrm_depth1", 1) == recursive_feedback(1, 5)
     assert {arm_feedback(a, 0).key for a in arm_names(2)} == {"L0:H", "L0:gold"}
@@ -38,7 +44,9 @@ def test_each_arm_is_the_overseer_with_the_recursion_beneath_it():
 def test_the_plan_trains_every_model_once_and_each_assistant_one_level_down_before_it_is_used():
     plan = training_plan(3, arm_names(2))
     keys = [f.key for f in plan]
-    assert len(keys) == len(set(keys)) == 2 + 4 + 5
+    # level 0: H, gold and the two controls; level 1: H, H+L0:H, H+L0:gold, gold, H+L0:{two controls} and the
+    # two controls; level 2: the same and H+L1:H+L0:H
+    assert len(keys) == len(set(keys)) == 4 + 8 + 7
     assert keys[:2] == ["L0:H", "L0:gold"]
     for i, f in enumerate(plan):
         if f.assistant is not None:
@@ -53,6 +61,8 @@ def test_feedback_and_options_reject_a_broken_recursion():
         Feedback(2, "overseer", Feedback(0, "overseer"))
     with pytest.raises(ValueError, match="from level"):
         Feedback(1, "gold", Feedback(0, "overseer"))
+    with pytest.raises(ValueError, match="from level"):
+        Feedback(1, "untrained", Feedback(0, "overseer"))  # a control assists; it has no assistant
     with pytest.raises(ValueError, match="experiment.depth=3"):
         RRMOptions(difficulties=[1, 3, 7], depth=3)
     with pytest.raises(ValueError, match="experiment.difficulties"):
@@ -129,6 +139,9 @@ def test_saved_eval_scores_reproduce_the_reported_best_of_n(tiny_run):
     models = json.loads((run_dir / "rrm_models.json").read_text())
     for key, m in models.items():
         level = m["level"]
+        if m["source"] in ("untrained", "random"):  # controls assist; they are never a policy's reward model
+            assert f"L{level}/logits/{key}" not in saved
+            continue
         logits = saved[f"L{level}/logits/{key}"]  # (E, N, U)
         mask, unit_ok = saved[f"L{level}/unit_mask"], saved[f"L{level}/unit_ok"]
         gold, correct = saved[f"L{level}/gold_reward"], saved[f"L{level}/correct"]
@@ -152,7 +165,8 @@ def test_the_notebook_draws_policy_quality_against_difficulty(tiny_run, execute_
         "rrm.ipynb", tiny_run[0], "print(arms, len(gains), sorted(per_level['metric'].unique()))"
     )
     assert printed.startswith(
-        "['unassisted', 'rrm_depth1', 'rrm_depth2', 'gold_assistant', 'gold_feedback'] 24 "
+        "['unassisted', 'rrm_depth1', 'rrm_depth2', 'untrained_assistant', 'random_assistant', 'gold_assistant',"
+        " 'gold_feedback'] 36 "
         "['policy/chance_reward', 'policy/most_frequent_reward', 'policy/oracle_accuracy', "
         "'policy/oracle_reward', 'policy/sample_accuracy', 'policy/sample_reward']"
     ), printed
