@@ -138,9 +138,7 @@ def load_run(folder: Path) -> Run:
         overrides = tuple(OmegaConf.to_container(OmegaConf.load(overrides_path)))
     else:  # no Hydra record: the command line as recorded, less the program and its flags, with a swept
         # list (`seed=0,1,2` of a -m command) replaced by the value this run's config.yaml holds
-        overrides = tuple(
-            _own_value(a, config) for a in info.get("command", [])[1:] if not a.startswith("-")
-        )
+        overrides = tuple(_own_value(a, config) for a in info.get("command", [])[1:] if not a.startswith("-"))
     seed = config.get("seed", info.get("seed"))
     return Run(
         folder=folder,
