@@ -184,6 +184,7 @@ def _hydra_job(cfg: DictConfig) -> None:
     try:
         run_from_config(cfg, Path(hc.runtime.output_dir), group=group, records=records)
     except UserError as e:
+        _remove_if_unused(Path(hc.runtime.output_dir))
         if _show_tracebacks():
             raise
         sys.exit(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}")
@@ -212,6 +213,16 @@ class SweepSummary(Callback):
             print(f"sweep {sweep_dir}: no results to summarise ({e})")
             return
         print(f"\nSweep summary over seeds ({sweep_dir}):\n\n{text}", flush=True)
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A refused run in a folder Hydra has just made for it leaves nothing: the folder holds only Hydra's job
+    log, empty (a folder with a run in it keeps everything)."""
+    files = [p for p in run_dir.rglob("*") if p.is_file()] if run_dir.is_dir() else []
+    if all(p.parent == run_dir and p.suffix == ".log" and p.stat().st_size == 0 for p in files):
+        for p in files:
+            p.unlink()
+        run_dir.rmdir()
 
 
 def _show_tracebacks() -> bool:

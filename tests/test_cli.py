@@ -153,8 +153,12 @@ def test_unknown_key_on_the_command_line_fails_naming_it():
     assert proc.returncode != 0
     assert "stpes" in proc.stderr
     # Appended with `+` (as Hydra's own message suggests) it is refused too, with the closest key.
-    proc = _call([sys.executable, "-m", "oversight.cli", "+train.stpes=3"], timeout=120)
+    run_dir = REPO / "runs" / "refused_by_test"
+    proc = _call(
+        [sys.executable, "-m", "oversight.cli", "+train.stpes=3", f"hydra.run.dir={run_dir}"], timeout=120
+    )
     assert proc.returncode != 0
+    assert not run_dir.exists()  # the folder Hydra made for the refused run is gone
     assert proc.stderr.strip().splitlines()[-1] == (
         "config error: train.stpes is not a setting of TrainConfig; did you mean train.steps?"
     )
