@@ -94,7 +94,6 @@ def open_tracker(
     None when starting from scratch. Only process 0 records anything: other hosts would write
     the same files and the same W&B run.
     """
-    check_fields(cfg, "tracker.")
     if process_index() != 0:
         return CompositeTracker([])
     jsonl = JsonlTracker(run_dir, resume_step=resume_step)
