@@ -4,7 +4,7 @@ same budget? (Saunders et al. 2022's randomised comparison; published anchor: ab
     oversight experiment=critique_assist                          # +- chains, a few minutes on 2 CPU cores
     oversight -m experiment=critique_assist task=arithmetic_pm,addition   # the comparison on two tasks
 
-A critique model is trained as in `gdc_gap` (`experiments.critique`), then a simulated overseer
+A critique model is trained as in `gdc_gap` (`oversight.experiments.critique`), then a simulated overseer
 (`SimulatedHuman`: `budget` local checks per response, per-check miss and false-alarm rates, reading units
 `in_order` from the top by default) reviews the same held-out responses in three arms:
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import jax
 import numpy as np
+from oversight.experiments.critique import gold_critique_text, train_critique_model
 
-from experiments.critique import gold_critique_text, train_critique_model
 from oversight.overseers import HumanCapacity, SimulatedHuman
 from oversight.protocols import ReviewOutcome, critique_review
 from oversight.registry import Experiment, RunContext

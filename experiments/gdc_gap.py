@@ -3,7 +3,7 @@
     oversight experiment=gdc_gap                                   # +- chains, tiny model, a few minutes
     oversight -m experiment=gdc_gap model=mini,tiny,small seed=0,1,2   # gaps against model size
 
-One critique model (`experiments.critique`) is trained on every head, then measured from its own weights:
+One critique model (`oversight.experiments.critique`) is trained on every head, then measured from its own weights:
 
 - **D**: on a balanced held-out set (half the responses carry one injected flaw), accuracy of
   P(flawed) > 1/2 and its AUROC.
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from oversight.experiments.critique import CritiqueModel, train_critique_model
 
-from experiments.critique import CritiqueModel, train_critique_model
 from oversight.registry import Experiment, RunContext
 from oversight.settings import setting
 from oversight.stats import auroc, bootstrap_row, proportion_row

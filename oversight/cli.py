@@ -26,7 +26,15 @@ from oversight.registry import Experiment, RunContext, available_experiments, ge
 from oversight.settings import SettingError, check_fields, check_known_keys
 from oversight.tracking.run_info import code_version, process_index
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+def _conf_dir() -> str:
+    """The Hydra configs: `oversight/conf` in an installed wheel, the checkout's top-level `conf/` otherwise
+    (pyproject.toml maps the one onto the other)."""
+    here = Path(__file__).resolve().parent
+    return str(here / "conf" if (here / "conf" / "config.yaml").is_file() else here.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
 
 
 def options_schema(options: type) -> DictConfig:

@@ -3,8 +3,8 @@
 A plugin is an `Experiment`: a name, a dataclass of its options (`experiment.*` in the config) and a
 `run(ctx)` function. Two ways to add one:
 
-- a module in this checkout's `experiments/` package that defines `EXPERIMENT`: found by scanning the package,
-  so a new file works at once, with no reinstall;
+- a module in this checkout's `experiments/` folder (installed as the `oversight.experiments` package) that
+  defines `EXPERIMENT`: found by scanning the package, so a new file works at once, with no reinstall;
 - any installed package, by declaring an entry point, e.g. in its pyproject.toml (then `pip install` it):
 
     [project.entry-points."oversight.experiments"]
@@ -50,12 +50,9 @@ def _entry_point_experiments() -> Iterator[tuple[str, Experiment]]:
 
 
 def _package_experiments() -> Iterator[tuple[str, Experiment]]:
-    """Every module of the `experiments` package (this checkout's plugins) that defines `EXPERIMENT`."""
-    try:
-        package = importlib.import_module("experiments")
-    except ImportError:  # installed without the plugin package
-        return
-    for info in pkgutil.walk_packages(package.__path__, "experiments."):
+    """Every module of the `oversight.experiments` package (this checkout's plugins) that defines `EXPERIMENT`."""
+    package = importlib.import_module("oversight.experiments")
+    for info in pkgutil.walk_packages(package.__path__, "oversight.experiments."):
         try:
             module = importlib.import_module(info.name)
         except Exception as e:

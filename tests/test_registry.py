@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-import experiments
+from oversight import experiments
 from oversight.registry import available_experiments, get_experiment
 
 TOY = """
@@ -33,7 +33,7 @@ def plugin_dir(tmp_path, monkeypatch):
     """A folder on the `experiments` package's path, as a new file in experiments/ would be."""
     monkeypatch.setattr(experiments, "__path__", [*experiments.__path__, str(tmp_path)])
     yield tmp_path
-    for name in [m for m in sys.modules if m.startswith("experiments.toy")]:
+    for name in [m for m in sys.modules if m.startswith("oversight.experiments.toy")]:
         del sys.modules[name]
 
 
@@ -53,5 +53,5 @@ def test_two_experiments_with_one_name_are_an_error(plugin_dir):
 
 def test_a_broken_plugin_names_its_module(plugin_dir):
     (plugin_dir / "toy_broken.py").write_text("import no_such_module_here\n")
-    with pytest.raises(ImportError, match="experiments.toy_broken"):
+    with pytest.raises(ImportError, match="oversight.experiments.toy_broken"):
         available_experiments()

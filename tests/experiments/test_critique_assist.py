@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oversight.experiments.critique import gold_critique_text
+from oversight.experiments.critique_assist import assistance_rows, misleading_response
 
 import oversight
-from experiments.critique import gold_critique_text
-from experiments.critique_assist import assistance_rows, misleading_response
 from oversight.overseers import HumanCapacity, SimulatedHuman
 from oversight.protocols import ReviewOutcome, critique_review
 from oversight.tasks import get_task

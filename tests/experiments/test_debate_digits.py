@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from oversight.experiments.debate import digits as D
 
 import oversight
-from experiments.debate import digits as D
 from oversight import protocols as P
 from oversight.stats import wilson_interval
 from oversight.tasks.digits import load_split

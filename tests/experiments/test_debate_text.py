@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from oversight.experiments.debate import text as T
 
 import oversight
-from experiments.debate import text as T
 from oversight import protocols as P
 from oversight.data.tokenizer import CharTokenizer, load_tokenizer
 from oversight.models import ModelConfig, Transformer

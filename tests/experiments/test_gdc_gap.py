@@ -9,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from sklearn.metrics import roc_auc_score
-
-from experiments.critique import (
+from oversight.experiments.critique import (
     HEADS,
     NO,
     YES,
@@ -19,12 +17,14 @@ from experiments.critique import (
     invalid_critique,
     training_examples,
 )
-from experiments.gdc_gap import (
+from oversight.experiments.gdc_gap import (
     ResponseJudgements,
     discrimination_critique_rows,
     per_flaw_type_rows,
     selection_rows,
 )
+from sklearn.metrics import roc_auc_score
+
 from oversight.data.tokenizer import CharTokenizer
 from oversight.models import ModelConfig, Transformer
 from oversight.stats import auroc, bootstrap_row, wilson_interval

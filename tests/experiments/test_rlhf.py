@@ -151,7 +151,8 @@ def test_the_notebook_draws_the_over_optimisation_curves_of_a_run(pulse_run, exe
 
 
 def test_split_for_rl_keeps_sft_prompts_out_of_the_comparisons_and_ppo():
-    from experiments.rlhf import split_for_rl
+    from oversight.experiments.rlhf import split_for_rl
+
     from oversight.tasks import get_task
 
     problems = get_task("arithmetic", ops="+-").sample(400, 1, seed=0)
