@@ -435,8 +435,8 @@ class OversightRewardModel:
         import numpy as np
 
         from oversight.parallel import shard_batch
-        from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
-        from oversight.training.reward_model import reward_model_loss
+        from oversight.training.loop import TrainConfig, init_train_state, make_optimizer
+        from oversight.training.reward_model import make_train_step, reward_model_loss
 
         cfg = oversight_config(dims, heads=("reward",))
         mesh, rules = oversight_mesh()
@@ -674,6 +674,7 @@ class OversightPPO:
             make_rollout_phases,
             rollout_batch,
         )
+        from oversight.training.reward_model import RewardParams
 
         self._jax, self._nnx, self._left_pad, self._rollout_batch = jax, nnx, left_pad, rollout_batch
         cfg = oversight_config(dims, heads=("reward", "value"))  # one architecture for every role
@@ -686,7 +687,7 @@ class OversightPPO:
         # The policy with its value head, and its optimizer.
         self.graphdef, self.state, shardings = init_train_state(cfg, tx, 0, mesh, rules)
         model_graphdef, self.ref_params = nnx.split(make_model(cfg, 0))  # frozen reference = initial policy
-        self.rm_params = nnx.split(make_model(cfg, 1))[1]
+        self.rm_params = RewardParams.unnormalised(nnx.split(make_model(cfg, 1))[1])
         self.kl_ctl = AdaptiveKLController.from_config(ppo_cfg)
         stop = self.stop
 

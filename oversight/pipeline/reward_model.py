@@ -20,6 +20,7 @@ from oversight.settings import setting
 from oversight.stats import proportion_row
 from oversight.training.loop import TrainConfig
 from oversight.training.reward_model import (
+    RewardParams,
     fit_normalization,
     fold_normalization,
     pack_rankings,
@@ -142,7 +143,7 @@ class Comparisons:
 
 class RewardModel:
     """A reward model on the policy's architecture (`graphdef`, with a `reward` head), trained on comparisons in
-    stages; `params` are its current (normalised) parameters."""
+    stages; `params` (`RewardParams`) score with its current normalisation."""
 
     def __init__(
         self, ctx: RunContext, cfg: RewardModelConfig, graphdef, comparisons: Comparisons, prompt_len: int
@@ -150,7 +151,7 @@ class RewardModel:
         self.ctx, self.cfg, self.graphdef, self.comparisons = ctx, cfg, graphdef, comparisons
         self.prompt_len = prompt_len
         self.model: nnx.Module | None = None
-        self.params = None
+        self.params: RewardParams | None = None
         generative = cfg.generative
 
         @jax.jit
@@ -158,12 +159,12 @@ class RewardModel:
             return ranking_rewards(nnx.merge(graphdef, params), batch)
 
         @jax.jit
-        def response_rewards(params, prompt, prompt_mask, response, response_mask):  # -> (B,) float32
-            rm = nnx.merge(graphdef, params)
+        def response_rewards(params: RewardParams, prompt, prompt_mask, response, response_mask):  # -> (B,)
+            rm = nnx.merge(graphdef, params.params)
             tokens = jnp.concatenate([prompt, response], axis=1)
             mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
             scored = jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], axis=1)
-            return reward_scores(rm, tokens, mask, "reward", scored if generative else None)
+            return reward_scores(rm, tokens, mask, "reward", scored if generative else None, params.lm_scale)
 
         self._rankings_rewards, self._response_rewards = rankings_rewards, response_rewards
 
@@ -202,8 +203,11 @@ class RewardModel:
             {"metric": "rm/ece_gold", **ece, "n": int(final["rm/heldout_pairs_gold"]), "round": round_no}
         )
 
-    def score(self, params, prompts: list[list[int]], tokens, mask, batch: int = 256) -> np.ndarray:
-        """Rewards (R,) of sampled responses (R, N) to `prompts` (one per row), in calls of `batch` rows."""
+    def score(
+        self, params: RewardParams, prompts: list[list[int]], tokens, mask, batch: int = 256
+    ) -> np.ndarray:
+        """Rewards (R,) float32 of sampled responses (R, N) to `prompts` (one per row), in calls of `batch`
+        rows."""
         out = []
         for i in range(0, len(prompts), batch):
             p, pm = left_pad(prompts[i : i + batch], self.prompt_len, self.ctx.tokenizer.pad_id)
@@ -216,12 +220,12 @@ class RewardModel:
         """Fold a bias (and gain) into the reward head so the policy's `samples` (prompts, tokens, mask, ...)
         score mean 0 (std 1), as InstructGPT normalises on demonstrations; returns the new parameters."""
         prompts, tokens, mask = samples[:3]
-        raw = self.score(nnx.split(self.model)[1], prompts, tokens, mask)
+        raw = self.score(RewardParams.unnormalised(nnx.split(self.model)[1]), prompts, tokens, mask)
         norm = fit_normalization(jnp.asarray(raw), scale=self.cfg.normalize_std)
         fold_normalization(self.model, norm)
         suffix = "" if round_no == 1 else f"_round{round_no}"
         self.ctx.tracker.summary(
             {f"rm/norm_gain{suffix}": float(norm.gain), f"rm/norm_bias{suffix}": float(norm.bias)}
         )
-        self.params = nnx.split(self.model)[1]
+        self.params = RewardParams(nnx.split(self.model)[1], norm.gain)
         return self.params

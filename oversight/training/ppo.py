@@ -38,7 +38,7 @@ from oversight.models.transformer import Transformer, positions_from_mask
 from oversight.parallel import batch_sharding
 from oversight.settings import check_fields, setting
 from oversight.training.loop import training_compiler_options
-from oversight.training.reward_model import reward_scores
+from oversight.training.reward_model import RewardParams, reward_scores
 from oversight.training.sft import sft_loss
 
 VALUE_INITS = ("reward_model", "zero")
@@ -539,20 +539,23 @@ def make_rollout_phases(
 ):
     """Phases 1 and 2 of a PPO iteration, each one jitted function of fixed shapes.
 
-    `score_rollout(policy_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask)`: the
+    `score_rollout(policy_state, ref_params, rm, prompt, prompt_mask, response, response_mask)`: the
     policy's old log-probs and values, the reference's log-probs, the reward model's score (head "reward")
     with the missing-stop penalty, and the summed per-token KL. `policy_graphdef` merges with the policy's
-    (model, optimizer) state; `graphdef` with the bare reference and reward-model parameters. With
-    `rm_generative` the reward model's score adds its log-likelihood of the response (`reward_scores`).
+    (model, optimizer) state; `graphdef` with the bare reference parameters and the reward model's
+    (`rm`, a `RewardParams`). With `rm_generative` the reward model's score adds its log-likelihood of the
+    response, scaled by `rm.lm_scale` (`reward_scores`).
     `advantages(scored, response_mask, beta)`: per-token rewards, GAE, returns and whitening; β is traced, so
     the adaptive KL controller never recompiles.
     """
 
     @jax.jit
-    def score_rollout(policy_state, ref_params, rm_params, prompt, prompt_mask, response, response_mask):
+    def score_rollout(
+        policy_state, ref_params, rm: RewardParams, prompt, prompt_mask, response, response_mask
+    ):
         model, _ = nnx.merge(policy_graphdef, policy_state)
         ref = nnx.merge(graphdef, ref_params)
-        rm = nnx.merge(graphdef, rm_params)
+        rm_model = nnx.merge(graphdef, rm.params)
         logp, _, values = response_outputs(
             model, prompt, prompt_mask, response, response_mask, ppo_cfg.temperature, ppo_cfg.value_head
         )
@@ -562,7 +565,7 @@ def make_rollout_phases(
         scored = (
             jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], axis=1) if rm_generative else None
         )
-        proxy = reward_scores(rm, tokens, mask, "reward", scored)  # (B,)
+        proxy = reward_scores(rm_model, tokens, mask, "reward", scored, rm.lm_scale)  # (B,)
         score = missing_stop_penalty(
             proxy, response, response_mask, stop_tokens, ppo_cfg.missing_stop_penalty
         )

@@ -11,7 +11,7 @@ Shapes: B prompts, K responses per prompt (best first), T tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ def reward_scores(
     mask: jax.Array,
     head: str = "reward",
     scored_tokens: jax.Array | None = None,
+    lm_scale: jax.Array | float = 1.0,
 ) -> jax.Array:
     """The scalar head at the last real token of each (prompt + response) row, float32 (B,).
 
@@ -47,12 +48,14 @@ def reward_scores(
     score adds the model's own log-likelihood of those tokens given everything before them: a generative
     reward model. Started from the SFT policy, it already finds the responses that policy rarely writes
     unlikely before any comparison is seen, and the ranking loss trains the head and that likelihood together.
+    `lm_scale` multiplies that log-likelihood: a normalisation's gain, which `fold_normalization` puts into the
+    head's weights but cannot put into the likelihood (see `RewardParams`).
     """
     hidden, _ = model(tokens, positions_from_mask(mask), mask)  # (B, T, D)
     score = at_last_token(model.scalar(hidden, head), mask)  # (B,)
     if scored_tokens is not None:
         logp = next_token_logprobs(model, hidden, tokens)  # (B, T-1): token t+1 given tokens 0..t
-        score = score + (logp * scored_tokens[:, 1:]).sum(-1)
+        score = score + lm_scale * (logp * scored_tokens[:, 1:]).sum(-1)
     return score
 
 
@@ -249,9 +252,26 @@ def fit_normalization(
     return RewardNormalization(jnp.asarray(gain, jnp.float32), jnp.asarray(-gain * mean, jnp.float32))
 
 
+class RewardParams(NamedTuple):
+    """What scores responses: a reward model's parameters and the weight of its log-likelihood term.
+
+    A generative reward model scores head + Σ log p(response). Normalised (gain g, bias b), it must score
+    g·head + b + g·Σ log p: `fold_normalization` puts g and b into the head, and `lm_scale` = g scales the
+    likelihood (1 for a score that was never normalised; unused by a non-generative model).
+    """
+
+    params: Any  # nnx.State of the reward model
+    lm_scale: jax.Array  # () float32
+
+    @classmethod
+    def unnormalised(cls, params) -> RewardParams:
+        return cls(params, jnp.float32(1.0))
+
+
 def fold_normalization(model: Transformer, norm: RewardNormalization, head: str = "reward") -> None:
     """Bake `norm` into the scalar head in place (w ← gain·w, b ← gain·b + bias): the model then scores
-    normalised rewards itself, and a value head initialised from it starts on the same scale."""
+    normalised rewards itself, and a value head initialised from it starts on the same scale. A generative
+    reward model's likelihood term needs the gain as well: score with `RewardParams(params, norm.gain)`."""
     h = model.heads[head]
     h["w"][...] = norm.gain * h["w"][...]
     h["b"][...] = norm.gain * h["b"][...] + norm.bias

@@ -31,7 +31,7 @@ from oversight.training.ppo import (
     rollout_advantages,
     truncate_after_stop,
 )
-from oversight.training.reward_model import fit_normalization, last_token_index, reward_scores
+from oversight.training.reward_model import RewardParams, fit_normalization, last_token_index, reward_scores
 from oversight.training.sft import pack_examples, sft_loss
 
 STOP, PAD = 2, 0
@@ -371,13 +371,13 @@ def test_ppo_with_a_very_large_beta_stays_at_the_reference():
 def test_rollout_scoring_reads_each_role_on_the_response(rm_generative):
     """Phase 1 of an iteration: the policy's and reference's log-probs, KL, and the reward model's score of the
     prompt + response with the missing-stop penalty; a generative reward model adds its likelihood of the
-    response tokens only."""
+    response tokens only, times its normalisation's gain."""
     cfg = ModelConfig(
         vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, scalar_heads=("value", "reward")
     )
     policy, ref, rm = make_model(cfg, 0), make_model(cfg, 1), make_model(cfg, 2)
     graphdef, ref_params = nnx.split(ref)
-    rm_params = nnx.split(rm)[1]
+    rm_params = RewardParams(nnx.split(rm)[1], jnp.float32(0.25))  # a normalisation's gain of 0.25
     policy_graphdef, policy_state = nnx.split((policy, nnx.Optimizer(policy, optax.sgd(0.1), wrt=nnx.Param)))
     ppo_cfg = PPOConfig(missing_stop_penalty=1.5)
     score_rollout, _ = make_rollout_phases(policy_graphdef, graphdef, ppo_cfg, (STOP,), rm_generative)
@@ -401,7 +401,7 @@ def test_rollout_scoring_reads_each_role_on_the_response(rm_generative):
     want = reward_scores(rm, tokens, mask)
     if rm_generative:  # the reward model's own log-likelihood of each real response token
         rm_logp = response_logprobs(rm, prompt, prompt_mask, response, response_mask, 1.0)
-        want = want + (rm_logp * response_mask).sum(1)
+        want = want + 0.25 * (rm_logp * response_mask).sum(1)
     np.testing.assert_allclose(out["proxy"], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["score"], np.asarray(want) - np.asarray([0.0, 1.5]), rtol=1e-5, atol=1e-5)
 

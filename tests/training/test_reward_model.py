@@ -11,6 +11,7 @@ from flax import nnx
 from oversight.models import ModelConfig, make_model
 from oversight.overseers.rankings import Ranking
 from oversight.training.reward_model import (
+    RewardParams,
     expected_calibration_error,
     fit_normalization,
     fold_normalization,
@@ -249,3 +250,21 @@ def test_generative_reward_adds_the_log_likelihood_of_the_response_tokens_only(r
     loss, _ = nnx.jit(reward_model_loss)(reward_model, {k: jnp.asarray(v) for k, v in batch.items()})
     want_loss, _ = ranking_loss(generative.reshape(2, 2), jnp.asarray(batch["valid"]))
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+
+
+def test_a_normalised_generative_reward_model_scores_gain_times_its_whole_score_plus_bias(reward_model):
+    """Normalisation must scale the likelihood term too: folding the gain into the head alone would weigh
+    head and likelihood differently from the ranking loss that trained them together, and miss mean 0, std 1."""
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.integers(1, 12, size=(6, 8)), jnp.int32)
+    mask = jnp.ones_like(tokens)
+    scored = jnp.asarray(np.tile([0, 0, 0, 1, 1, 1, 1, 1], (6, 1)), jnp.int32)  # 3 prompt tokens, 5 response
+    generative = nnx.jit(reward_scores, static_argnames="head")
+    raw = generative(reward_model, tokens, mask, "reward", scored)
+    norm = fit_normalization(raw, scale=True)
+    model = nnx.clone(reward_model)
+    fold_normalization(model, norm)
+    rm = RewardParams(nnx.split(model)[1], norm.gain)
+    out = generative(nnx.merge(nnx.split(model)[0], rm.params), tokens, mask, "reward", scored, rm.lm_scale)
+    np.testing.assert_allclose(out, norm.apply(raw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([np.mean(out), np.std(out)], [0.0, 1.0], atol=1e-4)
