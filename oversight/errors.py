@@ -9,3 +9,19 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config that composes but is wrong: unknown experiment, bad experiment option, bad value."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package that the feature asked for is not installed."""
+
+
+def require(module: str, extra: str, feature: str):
+    """`import module`, or a one-line error saying which extra of this package installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(
+            f"{feature} needs the `{module}` package: pip install 'oversight[{extra}]'"
+        ) from None

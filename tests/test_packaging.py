@@ -7,7 +7,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import oversight
+from oversight.errors import MissingDependencyError, UserError, require
 
 REPO = Path(oversight.__file__).resolve().parents[1]
 
@@ -67,3 +70,13 @@ def test_a_built_wheel_runs_an_experiment_from_another_folder(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert any(r["metric"] == "sft/gold_accuracy" for r in rows)
+
+
+def test_a_missing_optional_dependency_is_a_user_error_naming_the_extra_that_installs_it():
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"to_dataset needs the `no_such_pkg` package: pip install 'oversight\[datasets\]'",
+    ):
+        require("no_such_pkg", "datasets", "to_dataset")
+    assert issubclass(MissingDependencyError, UserError) and issubclass(MissingDependencyError, ImportError)
+    assert require("json", "datasets", "anything").dumps([1]) == "[1]"

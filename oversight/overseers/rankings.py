@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from oversight.errors import require
 from oversight.overseers.base import Assistance, Overseer
 from oversight.tasks.base import Problem, Task
 
@@ -74,8 +75,8 @@ class Ranking:
 
 
 def rankings_to_dataset(rankings: Sequence[Ranking]):
-    """A `datasets.Dataset` with one row per ranking (import of `datasets` deferred: it is slow)."""
-    import datasets
+    """A `datasets.Dataset` with one row per ranking (`datasets` is optional: the `datasets` extra)."""
+    datasets = require("datasets", "datasets", "rankings_to_dataset")
 
     return datasets.Dataset.from_list([r.to_record() for r in rankings])
 

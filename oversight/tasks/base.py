@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from oversight.errors import UserError
+from oversight.errors import UserError, require
 
 # ----------------------------------------------------------------------------------------------------------
 # Records
@@ -533,8 +533,8 @@ def problem_from_record(record: Any, path: str = "<records>", line: int | None =
 
 
 def to_dataset(problems: Iterable[Problem]):
-    """A `datasets.Dataset` in the flat schema (import of `datasets` deferred: it is slow)."""
-    import datasets
+    """A `datasets.Dataset` in the flat schema (`datasets` is optional: the `datasets` extra)."""
+    datasets = require("datasets", "datasets", "to_dataset")
 
     rows = [problem_to_record(p) for p in problems]
     features = datasets.Features(
@@ -607,8 +607,9 @@ def load_dataset(path: str | Path, cache_dir: str | Path | None = None):
     """A problem file loaded through `datasets` (`load_dataset("json"|"parquet")`), validated first.
 
     Validation runs our own reader, so a malformed file fails with file and line before `datasets` sees it.
+    `datasets` is optional (the `datasets` extra).
     """
-    import datasets
+    datasets = require("datasets", "datasets", "load_dataset")
 
     path = Path(path)
     load_problems(path)
