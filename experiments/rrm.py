@@ -577,8 +577,9 @@ def run(ctx: RunContext) -> None:
             }
             rows += [{**r, **extra, **common} for r in rows_by_feedback[fb]]
     ctx.tracker.table("results", rows)
-    (ctx.run_dir / "rrm_models.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    save_eval_scores(ctx.run_dir / "rrm_eval_scores.npz", task, levels, eval_logits)
+    if ctx.writes_files:
+        (ctx.run_dir / "rrm_models.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        save_eval_scores(ctx.run_dir / "rrm_eval_scores.npz", task, levels, eval_logits)
     summary = {
         f"{r['metric']}/L{r['level']}/{r['arm']}": r["value"]
         for r in rows

@@ -126,6 +126,14 @@ class RunContext:
     def rules(self) -> dict[str, list[str]]:
         return self.cfg.mesh.rules
 
+    @property
+    def writes_files(self) -> bool:
+        """Whether this process writes the run folder's own files (process 0 of a multi-host job; the tracker
+        and checkpoints handle their own). Every process still computes what goes in them."""
+        import jax
+
+        return jax.process_index() == 0
+
     @cached_property
     def tokenizer(self):
         from oversight.data.tokenizer import load_tokenizer

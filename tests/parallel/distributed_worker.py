@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 from oversight.models import ModelConfig  # noqa: E402
 from oversight.parallel import MeshConfig, make_mesh, shard_batch  # noqa: E402
+from oversight.pipeline.context import RunContext  # noqa: E402
 from oversight.tracking import TrackerConfig, open_tracker  # noqa: E402
 from oversight.training.checkpoint import Checkpointer, abstract_like  # noqa: E402
 from oversight.training.loop import init_train_state, make_train_step  # noqa: E402
@@ -113,11 +114,14 @@ def main() -> None:
                            name="mp", group="mp", job_type="test", tags=[])  # fmt: skip
     tracker.log({"train/loss": losses[-1]}, step=1)
     tracker.finish()
+    # What an experiment asks before writing a file of its own into the run folder (rrm's score files).
+    writes_files = RunContext(cfg=None, options=None, run_dir=out, tracker=None, mesh=mesh).writes_files
 
     arrays = {f"sft_{i}": a for i, a in enumerate(sft_leaves)} | {"sft_losses": np.array(losses)}
     arrays |= {f"ppo_{i}": a for i, a in enumerate(gathered(state))}
     arrays |= {f"stat_{k.replace('/', ':')}": np.array(v) for k, v in stats.items()}
     np.savez(out / f"p{process_id}.npz", **arrays)
+    (out / f"p{process_id}_writes_files.txt").write_text(str(writes_files))
 
 
 if __name__ == "__main__":

@@ -76,10 +76,11 @@ def test_a_checkpoint_moves_between_two_processes_and_one(runs, tmp_path):
             np.testing.assert_array_equal(restored[k], saved[k], err_msg=f"{name}: {k}")
 
 
-def test_only_process_zero_writes_the_tracker_files(runs):
+def test_only_process_zero_writes_the_tracker_files_and_the_experiments_own_files(runs):
     _, two = runs
     assert (two / "run_p0" / "metrics.jsonl").read_text().count("\n") == 1
     assert not (two / "run_p1").exists() or not any((two / "run_p1").iterdir())
+    assert [(two / f"p{i}_writes_files.txt").read_text() for i in (0, 1)] == ["True", "False"]
 
 
 SFT = ["experiment=sft", "train.steps=10", "train.log_every=5", "task.num_train=256", "task.num_eval=16",
