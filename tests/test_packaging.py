@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -32,8 +33,16 @@ def test_pyproject_lists_every_package_of_the_checkout():
 
 def test_a_built_wheel_runs_an_experiment_from_another_folder(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    source = (
+        tmp_path / "source"
+    )  # a copy: the build's own folders (build/, *.egg-info) stay out of the checkout
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ["oversight", "experiments", "conf"]:
+        shutil.copytree(REPO / name, source / name, ignore=skip)
+    for name in ["pyproject.toml", "README.md"]:
+        shutil.copy(REPO / name, source / name)
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO)], check=True, timeout=300
+        [*pip, "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=300
     )
     (wheel,) = (tmp_path / "dist").glob("oversight-*.whl")
     site = tmp_path / "site"

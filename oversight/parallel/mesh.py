@@ -97,7 +97,8 @@ def logical_to_spec(
     """PartitionSpec for an array whose dimensions carry logical `names`.
 
     Mesh axes of size 1 are dropped; a mesh axis that does not divide its dimension, or that an earlier
-    dimension already uses, leaves that dimension replicated on it.
+    dimension already uses, leaves that dimension replicated on it. (Flax's `logical_to_mesh_axes` maps names
+    without the shape, so a vocabulary of 50257 over 2 devices would fail at placement; hence this version.)
     """
     used: set[str] = set()
     spec = []
