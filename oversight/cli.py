@@ -4,6 +4,7 @@ oversight experiment=sft seed=1 model=small       # one run, folder under runs/
 oversight -m experiment=sft seed=0,1               # a sweep, folders under multirun/
 oversight --list-experiments                       # what is installed
 oversight report runs/results --output docs/results.md   # Markdown tables over seeds from run folders
+oversight report runs/results/rlhf --update docs/results.md   # ... rewriting one experiment's section
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class SweepSummary(Callback):
 
         sweep_dir = config.hydra.sweep.dir
         try:
-            text = report([sweep_dir], command=f"oversight report {sweep_dir}")
+            text = report([sweep_dir])
         except (FileNotFoundError, ValueError) as e:  # no finished run wrote results
             print(f"sweep {sweep_dir}: no results to summarise ({e})")
             return
@@ -239,10 +240,11 @@ def _show_tracebacks() -> bool:
 
 
 def report_command(argv: list[str]) -> None:
-    """`oversight report FOLDER... [--output FILE]`: Markdown results tables over seeds (oversight/report.py)."""
+    """`oversight report FOLDER... [--output FILE | --update FILE]`: Markdown results tables over seeds
+    (oversight/report.py)."""
     import argparse
 
-    from oversight.report import report
+    from oversight.report import merge, report
 
     parser = argparse.ArgumentParser(
         prog="oversight report",
@@ -250,20 +252,25 @@ def report_command(argv: list[str]) -> None:
         "folders (config.yaml + results.jsonl) found at or below the given folders.",
     )
     parser.add_argument("folders", nargs="+", help="run or sweep folders, searched recursively")
-    parser.add_argument("--output", "-o", help="write the Markdown here instead of printing it")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--output", "-o", help="write the Markdown here instead of printing it")
+    target.add_argument(
+        "--update", help="rewrite only the sections of the experiments found in this results file"
+    )
     args = parser.parse_args(argv)
-    output = ["--output", args.output] if args.output else []
-    command = " ".join(["oversight", "report", *args.folders, *output])
+    path = args.output or args.update
     try:
-        text = report(args.folders, command=command)
+        text = report(args.folders, output=path)
     except FileNotFoundError as e:
         sys.exit(f"oversight report: {e}")
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
-    else:
+    if path is None:
         print(text, end="")
+        return
+    if args.update and Path(path).is_file():
+        text = merge(Path(path).read_text(), text)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    print(f"wrote {path}")
 
 
 def keep_freed_memory() -> bool:
@@ -304,7 +311,7 @@ USAGE = """oversight: scalable-oversight experiments on JAX/Flax.
 
   oversight experiment=NAME [key=value ...]       one run (folder under runs/)
   oversight -m experiment=NAME seed=0,1,2         a sweep over every combination (folders under multirun/)
-  oversight report FOLDER... [--output FILE]      Markdown results tables over seeds, from run folders
+  oversight report FOLDER... [-o|--update FILE]   Markdown results tables over seeds, from run folders
   oversight --list-experiments | --version        what is installed, and which code
   oversight --help [experiment=NAME key=value]    this help, with NAME's options and the values given
   --debug                                         keep the traceback of a user error (HYDRA_FULL_ERROR=1)

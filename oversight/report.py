@@ -2,6 +2,7 @@
 
     oversight report runs/results                            # print
     oversight report runs/results --output docs/results.md   # write the file
+    oversight report runs/results/rlhf --update docs/results.md  # rewrite the rlhf section, keep the others
 
 A run folder is any folder holding `config.yaml` and `results.jsonl`. Runs are grouped by experiment and by the
 config values they differ in other than the seed (a sweep over model sizes gives one table per size). Each
@@ -452,29 +453,60 @@ INTERVALS = (
 )
 
 
-def render(groups: Sequence[Group], *, command: str | None = None) -> str:
-    """The whole Markdown document: how to regenerate it, what it covers, one table per group."""
+def _report_folders(runs: Sequence[Run]) -> list[Path]:
+    """The folders `oversight report` is given to find `runs`: each sweep's folder, and each run started alone."""
+    return sorted({r.folder.parent if (r.folder.parent / SWEEP_FILE).is_file() else r.folder for r in runs})
+
+
+def render_section(experiment: str, groups: Sequence[Group], output: str | None = None) -> str:
+    """One experiment's section: the commands that remake its runs and rewrite this section of `output`, then
+    one table per group. A section stands alone, so `merge` can replace it and keep the others."""
     runs = [r for g in groups for r in g.runs]
-    experiments = list(dict.fromkeys(g.experiment for g in groups))
-    lines = ["# Results", ""]
-    lines.append(
-        "Generated from run folders by `oversight report` (`oversight/report.py`); do not edit by hand. "
-        f"Covers: {', '.join(f'`{e}`' for e in experiments)}. To regenerate it, run"
-    )
-    lines += ["", "```bash", *regenerate_commands(runs)]
-    if command:
-        lines.append(command)
-    lines += ["```", "", INTERVALS, ""]
-    for experiment in experiments:
-        lines += [f"## {experiment}", ""]
-        for group in (g for g in groups if g.experiment == experiment):
-            lines += [render_group(group, aggregate(group))]
+    folders = " ".join(shlex.quote(str(f)) for f in _report_folders(runs))
+    rewrite = f"oversight report {folders}" + (f" --update {shlex.quote(output)}" if output else "")
+    lines = [f"## {experiment}", "", "```bash", *regenerate_commands(runs), rewrite, "```", ""]
+    lines += [render_group(group, aggregate(group)) for group in groups]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def report(paths: Iterable[str | os.PathLike], *, command: str | None = None) -> str:
-    """Markdown results tables of every run at or below `paths`."""
-    return render(group_runs(load_runs(paths)), command=command)
+def document(sections: dict[str, str]) -> str:
+    lines = [
+        "# Results",
+        "",
+        "Generated from run folders by `oversight report` (`oversight/report.py`); do not edit by hand. "
+        f"Covers: {', '.join(f'`{e}`' for e in sorted(sections))}. Each section starts with the commands that "
+        "remake its runs and rewrite it (`--update` replaces the sections of the experiments it finds and "
+        "keeps the others, each with the commit it was measured at).",
+        "",
+        INTERVALS,
+        "",
+    ]
+    return "\n".join(lines) + "\n" + "\n".join(sections[e] for e in sorted(sections))
+
+
+def render(groups: Sequence[Group], *, output: str | None = None) -> str:
+    """The whole Markdown document: what it covers, how to read it, one section per experiment."""
+    experiments = list(dict.fromkeys(g.experiment for g in groups))
+    return document(
+        {e: render_section(e, [g for g in groups if g.experiment == e], output) for e in experiments}
+    )
+
+
+def sections(text: str) -> dict[str, str]:
+    """A results document's sections by experiment (each from its `## ` heading to the next)."""
+    parts = ("\n" + text).split("\n## ")[1:]
+    return {part.split("\n", 1)[0].strip(): ("## " + part).rstrip() + "\n" for part in parts}
+
+
+def merge(current: str, update: str) -> str:
+    """The results document `current` with the sections of `update` in place of its own sections of the same
+    experiments."""
+    return document(sections(current) | sections(update))
+
+
+def report(paths: Iterable[str | os.PathLike], *, output: str | None = None) -> str:
+    """Markdown results tables of every run at or below `paths`; `output`: the file the commands rewrite."""
+    return render(group_runs(load_runs(paths)), output=output)
 
 
 def run_digest(

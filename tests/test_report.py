@@ -11,7 +11,17 @@ import pytest
 import yaml
 
 import oversight
-from oversight.report import aggregate, group_runs, load_runs, report, reproduce_command, seed_interval
+from oversight.report import (
+    aggregate,
+    document,
+    group_runs,
+    load_runs,
+    merge,
+    report,
+    reproduce_command,
+    sections,
+    seed_interval,
+)
 
 REPO = Path(oversight.__file__).resolve().parents[1]
 T_975_DF2 = 4.302652729749464  # Student t, 97.5% quantile, 2 degrees of freedom (from a table)
@@ -109,13 +119,15 @@ def test_reproduce_command_rebuilds_the_sweep_from_the_recorded_overrides(sweep)
 
 
 def test_rendered_tables_hold_the_hand_computed_numbers(sweep):
-    md = report([sweep], command=f"oversight report {sweep}")  # the command line is tested on a real sweep
-    # the top says how to make every run again, sweep and single run, then the report
+    md = report([sweep], output="docs/results.md")  # the command line is tested on a real sweep
+    # the experiment's section says how to make every run again, sweep and single run, then rewrite itself
     assert (
-        f"oversight -m experiment=toy model.d_model=64,128 seed=0,1,2 hydra.sweep.dir={sweep / 'sweep'}" in md
-    )
-    assert f"oversight experiment=toy model.d_model=256 seed=0 hydra.run.dir={sweep / 'single'}" in md
-    assert f"oversight report {sweep}\n" in md
+        f"## toy\n\n```bash\n"
+        f"oversight -m experiment=toy model.d_model=64,128 seed=0,1,2 hydra.sweep.dir={sweep / 'sweep'}\n"
+        f"oversight experiment=toy model.d_model=256 seed=0 hydra.run.dir={sweep / 'single'}\n"
+        f"oversight report {sweep / 'single'} {sweep / 'sweep'} --update docs/results.md\n```\n"
+    ) in md
+    assert "Covers: `toy`." in md
 
     heading = "### toy — model.d_model=64\n"
     assert heading + "\n```bash\noversight -m experiment=toy model.d_model=64 seed=0,1,2\n```" in md
@@ -183,8 +195,10 @@ def test_a_real_tiny_sweep_reports_its_own_numbers(tmp_path):
     assert f"As a Markdown table: oversight report {sweep}" in run.stdout
 
     output = tmp_path / "docs" / "results.md"
+    output.parent.mkdir()
+    output.write_text(document({"zeta": "## zeta\n\nmeasured earlier\n"}))  # another experiment's section
     proc = subprocess.run(
-        [sys.executable, "-m", "oversight.cli", "report", str(sweep), "--output", str(output)],
+        [sys.executable, "-m", "oversight.cli", "report", str(sweep), "--update", str(output)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -192,7 +206,8 @@ def test_a_real_tiny_sweep_reports_its_own_numbers(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     md = output.read_text()
-    assert f"oversight report {sweep} --output {output}" in md
+    assert f"oversight report {sweep} --update {output}" in md
+    assert sections(md)["zeta"] == "## zeta\n\nmeasured earlier\n" and "Covers: `sft`, `zeta`." in md
     assert "oversight -m " + " ".join(TINY) + " seed=0,1\n" in md  # the group's own command
     assert md.count("\n### sft") == 1  # two seeds of one setting: one table
 
@@ -252,3 +267,15 @@ def test_a_sweep_job_without_hydras_record_takes_its_own_value_of_each_swept_lis
         ("experiment=toy", f"seed={s}", "model.d_model=64") for s in (0, 1)
     ]
     assert reproduce_command(runs) == "oversight -m experiment=toy model.d_model=64 seed=0,1"
+
+
+def test_merge_replaces_the_sections_of_the_experiments_updated_and_keeps_the_others():
+    def doc(**bodies):
+        return document({e: f"## {e}\n\n{b}\n" for e, b in bodies.items()})
+
+    old = doc(alpha="alpha at commit 1", beta="beta at commit 1")
+    new = merge(old, doc(beta="beta at commit 2", gamma="gamma at commit 2"))
+    assert new == doc(alpha="alpha at commit 1", beta="beta at commit 2", gamma="gamma at commit 2")
+    assert "Covers: `alpha`, `beta`, `gamma`." in new
+    assert sections(new)["alpha"] == "## alpha\n\nalpha at commit 1\n"
+    assert merge(new, new) == new
