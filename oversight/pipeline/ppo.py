@@ -2,9 +2,10 @@
 rounds of PPO iterations on a prompt set, checkpointed and resumable (the objective is
 `oversight.training.ppo`).
 
-Per iteration: `rollout_batch` prompts drawn from the stream `ppo/prompts`, one sampled response each
-(stream `ppo/rollouts`), scored (old log-probs, values, reference log-probs, reward-model score with the
-missing-stop penalty), advantages (per-token KL reward, GAE, whitening), then `epochs` x `minibatches` clipped
+Per iteration: `rollout_batch / samples_per_prompt` prompts drawn from the stream `ppo/prompts`,
+`samples_per_prompt` sampled responses each (stream `ppo/rollouts`), scored (old log-probs, values, reference
+log-probs, reward-model score with the missing-stop penalty), advantages (per-token KL reward, GAE or
+leave-one-out, whitening), then `epochs` x `minibatches` clipped
 updates; the adaptive KL controller steps after each batch. Every `eval_every` iterations a caller-supplied
 evaluation measures the policy on held-out prompts.
 """
@@ -136,9 +137,11 @@ class PPOTrainer:
         for it in range(start, cfg.iterations):
             step = first + it  # over all rounds: keys and prompt draws never repeat
             key = jax.random.fold_in(ctx.key("ppo/rollouts"), step)
+            k = cfg.samples_per_prompt  # each drawn prompt k times in a row: the groups of leave-one-out
             idx = np.random.default_rng([ctx.seed("ppo/prompts"), step]).choice(
-                len(problems), cfg.rollout_batch, replace=False
+                len(problems), cfg.rollout_batch // k, replace=False
             )
+            idx = np.repeat(idx, k)
             batch = [prompts[i] for i in idx]
             self.sampler.update(self.policy())
             out = self.sampler.sample(batch, jax.random.fold_in(key, 0))

@@ -43,6 +43,7 @@ from oversight.training.sft import sft_loss
 
 VALUE_INITS = ("reward_model", "zero")
 CRITICS = ("shared", "separate")
+ADVANTAGES = ("gae", "leave_one_out")
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,19 @@ class PPOConfig:
     temperature: float = setting(1.0, gt=0)
     # Whiten advantages (global masked mean 0, std 1) before the update.
     whiten_advantages: bool = True
+    # The advantage of each token: "gae" (the critic's values, InstructGPT) or "leave_one_out" (every token
+    # of a response gets its return, score - β·KL, minus the mean return of the other responses to the same
+    # prompt: RLOO, Kool et al. 2019, Ahmadian et al. 2024; the critic is still trained but not used).
+    advantage: str = setting("gae", choices=ADVANTAGES)
+    # Responses sampled per rollout prompt (rollout_batch / samples_per_prompt distinct prompts per batch);
+    # "leave_one_out" needs at least 2.
+    samples_per_prompt: int = setting(1, ge=1)
     # Name of the policy's value head (a scalar head of the same trunk).
     value_head: str = "value"
     # --- the PPO stage (`oversight.pipeline.ppo`)
     # Rollout batches (iterations) per round.
     iterations: int = setting(30, ge=1)
-    # Prompts per rollout batch (one response each).
+    # Responses per rollout batch (`samples_per_prompt` to each prompt drawn).
     rollout_batch: int = setting(64, ge=1)
     # Peak learning rate of the policy (cosine decay to a tenth over every update of the run; no warm-up).
     learning_rate: float = setting(3e-5, gt=0)
@@ -103,6 +111,13 @@ class PPOConfig:
         check_fields(self, "ppo.")  # temperature > 0: greedy rollouts have no log-probs to take a ratio of
         if self.critic_learning_rate is not None and self.critic != "separate":
             raise ValueError("ppo.critic_learning_rate needs ppo.critic=separate")
+        if self.rollout_batch % self.samples_per_prompt:
+            raise ValueError(
+                f"ppo.rollout_batch={self.rollout_batch} must be a multiple of "
+                f"ppo.samples_per_prompt={self.samples_per_prompt}"
+            )
+        if self.advantage == "leave_one_out" and self.samples_per_prompt < 2:
+            raise ValueError("ppo.advantage=leave_one_out needs ppo.samples_per_prompt >= 2")
 
 
 # --- rollout side: log-probs, rewards, advantages -------------------------------------------------------
@@ -307,6 +322,14 @@ def gae(
     return advantages, (advantages + values) * m
 
 
+def leave_one_out_advantages(returns: jax.Array, group: int) -> jax.Array:
+    """A_i = R_i - mean of R_j over the other responses j to the same prompt. returns (B,) float32, rows in
+    groups of `group` consecutive responses to one prompt; (B,)."""
+    r = returns.astype(jnp.float32).reshape(-1, group)  # (B / group, group)
+    others = (r.sum(axis=1, keepdims=True) - r) / (group - 1)
+    return (r - others).reshape(-1)
+
+
 def rollout_advantages(
     logp: jax.Array,
     ref_logp: jax.Array,
@@ -318,11 +341,15 @@ def rollout_advantages(
 ) -> dict[str, jax.Array]:
     """Rewards, advantages (whitened if `cfg.whiten_advantages`) and returns of a rollout batch, plus stats.
 
-    logp/ref_logp/values (B, N) from `response_outputs`; score (B,) already normalised and penalised.
+    logp/ref_logp/values (B, N) from `response_outputs`; score (B,) already normalised and penalised. With
+    `cfg.advantage` "leave_one_out", rows come in groups of `cfg.samples_per_prompt` responses to one prompt.
     """
     m = response_mask.astype(jnp.float32)
     rewards = per_token_rewards(logp, ref_logp, score, response_mask, beta)  # (B, N)
     advantages, returns = gae(rewards, values * m, response_mask, cfg.gamma, cfg.lam)
+    if cfg.advantage == "leave_one_out":  # the response's whole return (γ = 1) against its siblings'
+        loo = leave_one_out_advantages(rewards.sum(axis=1), cfg.samples_per_prompt)  # (B,)
+        advantages = loo[:, None] * m
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, response_mask)
     kl = per_token_kl(logp, ref_logp, response_mask).sum(axis=1)  # (B,) summed per response

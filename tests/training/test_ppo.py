@@ -250,6 +250,35 @@ def test_ppo_loss_on_a_model_starts_at_ratio_one_and_adds_the_ptx_term():
     np.testing.assert_allclose(loss, without_ptx + 3.0 * sft, rtol=1e-6)
 
 
+def test_leave_one_out_advantage_is_each_return_minus_its_siblings_mean_on_every_real_token():
+    # 2 prompts x 3 responses; response lengths 2, 3, 1 | 3, 3, 2 tokens
+    mask = jnp.asarray([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 1], [1, 1, 0]], jnp.int32)
+    logp = jnp.asarray(np.random.default_rng(0).normal(-1.0, 0.3, (6, 3)), jnp.float32)
+    ref_logp = logp - 0.1 * jnp.arange(1, 4)  # log π - log π_ref = 0.1, 0.2, 0.3 by position
+    score = jnp.asarray([1.0, 0.0, 2.0, -1.0, 0.5, 0.5])
+    beta = 0.5
+    cfg = PPOConfig(advantage="leave_one_out", samples_per_prompt=3, rollout_batch=6, whiten_advantages=False)
+    roll = rollout_advantages(logp, ref_logp, jnp.zeros((6, 3)), score, mask, beta, cfg)
+    kl = [0.3, 0.6, 0.1, 0.6, 0.6, 0.3]  # summed per response
+    ret = [sc - beta * k for sc, k in zip([1.0, 0.0, 2.0, -1.0, 0.5, 0.5], kl, strict=True)]
+    want = []
+    for i, r in enumerate(ret):
+        group = ret[3 * (i // 3) : 3 * (i // 3) + 3]
+        want.append(r - (sum(group) - r) / 2)
+    np.testing.assert_allclose(roll["advantages"], np.asarray(want)[:, None] * np.asarray(mask), atol=1e-5)
+    # the switch takes effect: GAE on the same rows gives other advantages
+    gae_cfg = PPOConfig(whiten_advantages=False)
+    other = rollout_advantages(logp, ref_logp, jnp.zeros((6, 3)), score, mask, beta, gae_cfg)["advantages"]
+    assert not np.allclose(other, roll["advantages"])
+
+
+def test_leave_one_out_needs_groups_that_divide_the_rollout():
+    with pytest.raises(ValueError, match="needs ppo.samples_per_prompt >= 2"):
+        PPOConfig(advantage="leave_one_out")
+    with pytest.raises(ValueError, match="rollout_batch=64 must be a multiple of ppo.samples_per_prompt=3"):
+        PPOConfig(samples_per_prompt=3)
+
+
 def test_adaptive_kl_controller_follows_ziegler_et_al():
     ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
     assert ctl.update(12.0, 100) == pytest.approx(0.1 * (1 + 0.2 * 100 / 10000))  # error clipped at +0.2
