@@ -143,6 +143,7 @@ def run_from_config(
     of the job), written with the config only once the run is accepted: a refused resume changes nothing."""
     import jax
 
+    from oversight.models.kernels import kernel_path
     from oversight.parallel import initialize_distributed, make_mesh
     from oversight.tracking import open_tracker, write_run_info
     from oversight.training.checkpoint import latest_checkpoint_step
@@ -173,7 +174,8 @@ def run_from_config(
         resume_step=latest_checkpoint_step(run_dir / "checkpoints"),
     )
     try:
-        experiment.run(RunContext(typed, options, run_dir, tracker, make_mesh(typed.mesh)))
+        with kernel_path(typed.kernels):
+            experiment.run(RunContext(typed, options, run_dir, tracker, make_mesh(typed.mesh)))
     finally:
         tracker.finish()
         jax.clear_caches()  # multirun jobs share the process: leave no compiled programs for the next

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from oversight.models.config import ModelConfig
+from oversight.models.config import KERNEL_PATHS, ModelConfig
 from oversight.parallel.mesh import MeshConfig
 from oversight.settings import setting
 from oversight.tracking import TrackerConfig
@@ -47,6 +47,10 @@ class Config:
     seed: int = setting(0, ge=0)
     # "char" (built-in character tokenizer) or a local Hugging Face tokenizer folder.
     tokenizer: str = "char"
+    # The transformer's float path: "auto" (the CPU kernels on the CPU backend, plain JAX elsewhere), or "cpu"
+    # / "plain" to force one. Both compute the same function and round differently; re-running a result's
+    # seeds on the other path shows whether it survives rounding (oversight/models/kernels.py).
+    kernels: str = setting("auto", choices=KERNEL_PATHS)
 
 
 def register_configs() -> None:

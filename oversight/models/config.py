@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from oversight.settings import check_fields, setting
 
+# The run config's `kernels` setting (`oversight.models.kernels.kernel_path`): "auto" decides by platform,
+# "cpu" and "plain" force a float path.
+KERNEL_PATHS = ("auto", "cpu", "plain")
+
 FAMILIES = ("gpt2", "llama")
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -17,6 +17,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from oversight.models.config import KERNEL_PATHS
+
 _FORCE_CPU_KERNELS: bool | None = None  # set by `use_cpu_kernels`; None: decided by platform
 
 _MASKED = -1e30  # finite, so fully masked rows (left padding) give uniform attention rather than NaN
@@ -45,6 +47,13 @@ def use_cpu_kernels(on: bool):
     finally:
         _FORCE_CPU_KERNELS = before
         jax.clear_caches()
+
+
+def kernel_path(path: str):
+    """The context of a run on the float path `path` (one of KERNEL_PATHS): "auto" changes nothing."""
+    if path not in KERNEL_PATHS:
+        raise ValueError(f"kernels={path!r}; known paths: {KERNEL_PATHS}")
+    return contextlib.nullcontext() if path == "auto" else use_cpu_kernels(path == "cpu")
 
 
 # --- The switched operations the model calls ------------------------------------------------------------------

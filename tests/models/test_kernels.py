@@ -209,3 +209,16 @@ def test_materialized_block_grads_keep_one_conditional_per_block_only_with_cpu_k
             compiled = jax.jit(nnx.grad(loss)).lower(model).compile().as_text()
         # what keeps the gradient sum unfused survives XLA's simplification, one per block boundary
         assert compiled.count("conditional(") == conditionals
+
+
+def test_the_run_configs_kernel_path_forces_one_path_and_auto_leaves_the_platforms():
+    platform = kernels.cpu_kernels()
+    with kernels.kernel_path("plain"):
+        assert not kernels.cpu_kernels()
+    with kernels.kernel_path("cpu"):
+        assert kernels.cpu_kernels()
+    with kernels.kernel_path("auto"):
+        assert kernels.cpu_kernels() == platform
+    assert kernels.cpu_kernels() == platform
+    with pytest.raises(ValueError, match="kernels='fast'"):
+        kernels.kernel_path("fast")
