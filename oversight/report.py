@@ -453,6 +453,64 @@ INTERVALS = (
 )
 
 
+FLOAT_PATH = "kernels"  # the run setting that picks the transformer's float path (oversight/config.py)
+
+
+def float_path_pairs(groups: Sequence[Group]) -> list[tuple[Group, Group]]:
+    """(default path, other path) pairs of groups alike in every setting but the float path."""
+
+    def path(g: Group) -> str:
+        return g.settings.get(FLOAT_PATH) or "auto"  # runs from before the setting existed: the default
+
+    def rest(g: Group) -> dict[str, Any]:
+        return {k: v for k, v in g.settings.items() if k != FLOAT_PATH}
+
+    return [
+        (base, other)
+        for other in groups
+        if path(other) != "auto"
+        for base in groups
+        if path(base) == "auto" and rest(base) == rest(other)
+    ]
+
+
+def render_float_path_check(base: Group, other: Group) -> str:
+    """Each quantity on both float paths and their difference, paired by seed (a seed's data, initialisation
+    and sampling keys are the same on both paths; only the rounding differs)."""
+    name = f"{FLOAT_PATH}={other.settings[FLOAT_PATH]}"
+    lines = [
+        f"### float-path check: {name} against the default",
+        "",
+        f"The same seeds again with the transformer's products rounded another way (`{name}`, "
+        "docs/usage.md). *difference*: this path minus the default, the mean of the per-seed differences with "
+        "its Student-t 95% interval. A conclusion survives rounding if it holds on both paths.",
+        "",
+        "| quantity | default | " + name + " | difference | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    theirs = {(r.metric, _hashable(r.labels)): r for r in aggregate(other)}
+    for row in aggregate(base):
+        match = theirs.get((row.metric, _hashable(row.labels)))
+        if match is None:
+            continue
+        ours = dict(zip((r.seed for r in base.runs), row.values, strict=True))
+        them = dict(zip((r.seed for r in other.runs), match.values, strict=True))
+        diffs = [
+            them[s] - ours[s]
+            for s in ours
+            if s in them and None not in (ours[s], them[s]) and math.isfinite(ours[s] - them[s])
+        ]
+        cells = []
+        for r in (row, match):
+            mean, low, high = seed_interval(r.measured)
+            cells.append(f"{fmt(mean)} {_interval(low, high)}")
+        mean, low, high = seed_interval(diffs)
+        lines.append(
+            f"| {_quantity(row)} | {cells[0]} | {cells[1]} | {fmt(mean)} {_interval(low, high)} | {len(diffs)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _report_folders(runs: Sequence[Run]) -> list[Path]:
     """The folders `oversight report` is given to find `runs`: each sweep's folder, and each run started alone."""
     return sorted({r.folder.parent if (r.folder.parent / SWEEP_FILE).is_file() else r.folder for r in runs})
@@ -466,6 +524,7 @@ def render_section(experiment: str, groups: Sequence[Group], output: str | None 
     rewrite = f"oversight report {folders}" + (f" --update {shlex.quote(output)}" if output else "")
     lines = [f"## {experiment}", "", "```bash", *regenerate_commands(runs), rewrite, "```", ""]
     lines += [render_group(group, aggregate(group)) for group in groups]
+    lines += [render_float_path_check(base, other) for base, other in float_path_pairs(groups)]
     return "\n".join(lines).rstrip() + "\n"
 
 

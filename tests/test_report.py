@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -279,3 +280,26 @@ def test_merge_replaces_the_sections_of_the_experiments_updated_and_keeps_the_ot
     assert "Covers: `alpha`, `beta`, `gamma`." in new
     assert sections(new)["alpha"] == "## alpha\n\nalpha at commit 1\n"
     assert merge(new, new) == new
+
+
+def test_runs_on_another_float_path_get_a_check_paired_by_seed(tmp_path):
+    auto, plain = {0: 0.5, 1: 0.7, 2: 0.9}, {0: 0.55, 1: 0.65, 2: 1.0}
+    for path, values in (("auto", auto), ("plain", plain)):
+        for seed, value in values.items():
+            folder = tmp_path / path / str(seed)
+            _write_run(folder, seed=seed, d_model=64, rows=[{"metric": "toy/win", "value": value, "n": 10}],
+                       overrides=["experiment=toy", f"seed={seed}", f"kernels={path}"])  # fmt: skip
+            config = yaml.safe_load((folder / "config.yaml").read_text()) | {"kernels": path}
+            (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    md = report([tmp_path])
+    assert md.count("\n### toy — kernels=") == 2
+    diffs = [plain[s] - auto[s] for s in (0, 1, 2)]  # 0.05, -0.05, 0.10
+    mean, half = np.mean(diffs), T_975_DF2 * np.std(diffs, ddof=1) / math.sqrt(3)
+    table = _table_rows(md, "### float-path check: kernels=plain against the default\n")
+    assert table["`toy/win`"] == [
+        "0.700 [0.203, 1.197]",
+        "0.733 [0.146, 1.320]",  # sd of 0.55, 0.65, 1.00 is 0.2363: 0.733 -+ 4.303 * 0.2363 / sqrt(3)
+        f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]",
+        "3",
+    ]
+    assert table["`toy/win`"][2] == "0.033 [-0.156, 0.223]"
