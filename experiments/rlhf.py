@@ -15,7 +15,8 @@ the stage it was in and a finished stage is restored instead of retrained):
    on those pairs (the labeller is the reward model's ceiling).
 4. normalisation: bias (and gain) so SFT samples score mean 0 (std 1), folded into the reward head.
 5. best-of-N (N = 1..max_n) of SFT samples against the reward model: gold and proxy reward against
-   KL = log N - (N-1)/N.
+   KL = log N - (N-1)/N (the bound for distinct samples) and against the KL over each prompt's empirical
+   distribution of its samples (`overopt/kl_empirical`: the SFT policy often repeats an answer).
 6. `ppo` on the RL prompts (`oversight.pipeline.ppo`); every `ppo.eval_every` iterations: gold, proxy and KL of
    policy samples on held-out prompts, and the gold win rate of PPO answers over SFT answers.
 7. with `rounds` > 1, InstructGPT's iteration: the current policy's samples ranked by the labeller, the reward
@@ -53,14 +54,14 @@ from oversight.registry import Experiment
 from oversight.sampling import Sampler, SamplingConfig
 from oversight.settings import check_fields, setting
 from oversight.stats import bootstrap_row, proportion_row
-from oversight.training.best_of_n import best_of_n_kl
+from oversight.training.best_of_n import best_of_n_kl, best_of_n_kl_empirical
 from oversight.training.ppo import PPOConfig
 
 
 @dataclass
 class BestOfNConfig:
-    # Held-out prompts with `max_n` SFT samples each.
-    prompts: int = setting(32, ge=1)
+    # Held-out prompts with `max_n` SFT samples each (32 could not place the peak of gold over N).
+    prompts: int = setting(128, ge=1)
     # Largest N (a power of two); N = 1, 2, 4, ..., max_n.
     max_n: int = setting(64, ge=1)
 
@@ -176,6 +177,7 @@ def run(ctx: RunContext) -> None:
     proxy = reward_model.score(rm_params, prompts, tokens, mask).reshape(len(bon_problems), nmax)
     repeated = [p for p in bon_problems for _ in range(nmax)]
     golds = np.asarray([gold_reward(task, p, t) for p, t in zip(repeated, texts, strict=True)])
+    by_prompt = [texts[i * nmax : (i + 1) * nmax] for i in range(len(bon_problems))]
     for n in [2**i for i in range(int(np.log2(nmax)) + 1)]:
         # Disjoint groups of N samples per prompt: each group's best by proxy is one best-of-N draw.
         p, g = proxy.reshape(len(bon_problems), nmax // n, n), golds.reshape(len(bon_problems), nmax // n, n)
@@ -183,6 +185,10 @@ def run(ctx: RunContext) -> None:
         extra = {"method": "best_of_n", "N": n, "kl": float(best_of_n_kl(n)), "step": None}
         results.add(mean_row("overopt/gold", np.take_along_axis(g, pick, -1)[..., 0].mean(1), **extra))
         results.add(mean_row("overopt/proxy", np.take_along_axis(p, pick, -1)[..., 0].mean(1), **extra))
+        # `kl` above is the bound for distinct samples; the SFT policy repeats itself, so also the KL of
+        # best-of-N over each prompt's empirical distribution of its max_n samples.
+        kl = [best_of_n_kl_empirical(t, s, n) for t, s in zip(by_prompt, proxy, strict=True)]
+        results.add(mean_row("overopt/kl_empirical", kl, **extra))
 
     # 6. PPO, evaluated on held-out prompts against the SFT policy's answers
     ppo = PPOTrainer(ctx, opts.ppo, sft_model, reward_model.model, prompt_len=prompt_len, sampler=sampler,

@@ -100,3 +100,15 @@ def best_of_n_kl_exact(probs: np.ndarray, n: int) -> float:
     bon = cdf**n - np.concatenate([[0.0], cdf[:-1]]) ** n
     real = bon > 0
     return float(np.sum(bon[real] * (np.log(bon[real]) - np.log(p[real]))))
+
+
+def best_of_n_kl_empirical(samples: Sequence[Hashable], scores: Sequence[float], n: int) -> float:
+    """KL(π_BoN || π) with π the empirical distribution of one prompt's samples: identical samples pooled
+    into one atom, atoms in score order (`best_of_n_kl_exact`). A policy that often writes the same answer
+    moves less by keeping the best of N than `best_of_n_kl(n)`, the bound for distinct samples, says; with
+    M samples all distinct it is the KL of the best of N among M atoms (below the bound as N nears M)."""
+    atoms: dict[Hashable, list] = {}
+    for sample, score in zip(samples, scores, strict=True):
+        atoms.setdefault(sample, [0, float(score)])[0] += 1
+    counts = np.asarray([c for c, _ in sorted(atoms.values(), key=lambda a: a[1])], np.float64)
+    return best_of_n_kl_exact(counts / counts.sum(), n)

@@ -103,6 +103,8 @@ def test_pulse_run_writes_every_stage_and_the_results_rows(pulse_run):
         gold = results[("overopt/gold", "best_of_n", n, None)]
         assert gold["kl"] == pytest.approx(np.log(n) - (n - 1) / n)
         assert ("overopt/proxy", "best_of_n", n, None) in results
+        empirical = results[("overopt/kl_empirical", "best_of_n", n, None)]["value"]
+        assert 0.0 <= empirical <= gold["kl"] + 1e-9  # repeated samples: at most the bound
     # More samples to choose from can only raise the mean proxy score of the chosen one, prompt by prompt.
     proxy = [results[("overopt/proxy", "best_of_n", n, None)]["value"] for n in (1, 2, 4, 8)]
     assert proxy[-1] >= proxy[0]

@@ -7,6 +7,7 @@ from oversight.training.best_of_n import (
     best_of_n,
     best_of_n_indices,
     best_of_n_kl,
+    best_of_n_kl_empirical,
     best_of_n_kl_exact,
     chance_best_of_n,
     most_frequent_indices,
@@ -83,3 +84,14 @@ def test_chance_best_of_n_weights_distinct_samples_not_draws():
 def test_most_frequent_indices():
     picks = most_frequent_indices([["a", "a", "a", "b"], ["b", "a", "a", "b"], ["c", "b", "a", "a"]])
     assert picks.tolist() == [0, 0, 2]  # the middle one is a tie: it goes to the sample drawn first
+
+
+def test_empirical_kl_pools_repeated_samples_in_score_order():
+    # "a" twice (score 1), "c" (score 2), "b" (score 3): π = 0.5, 0.25, 0.25 in score order
+    samples, scores = ["a", "b", "a", "c"], [1.0, 3.0, 1.0, 2.0]
+    cdf = np.array([0.5, 0.75, 1.0])
+    bon = cdf**2 - np.array([0.0, 0.5, 0.75]) ** 2  # 0.25, 0.3125, 0.4375
+    want = float(np.sum(bon * np.log(bon / np.array([0.5, 0.25, 0.25]))))
+    assert best_of_n_kl_empirical(samples, scores, 2) == pytest.approx(want)
+    assert best_of_n_kl_empirical(samples, scores, 2) < best_of_n_kl(2)
+    assert best_of_n_kl_empirical(["x"] * 8, [0.3] * 8, 4) == pytest.approx(0.0)  # always the same answer
