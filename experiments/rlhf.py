@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -56,6 +57,7 @@ from oversight.settings import check_fields, setting
 from oversight.stats import bootstrap_row, proportion_row
 from oversight.training.best_of_n import best_of_n_kl, best_of_n_kl_empirical
 from oversight.training.ppo import PPOConfig
+from oversight.training.reward_model import fit_normalization
 
 
 @dataclass
@@ -191,8 +193,17 @@ def run(ctx: RunContext) -> None:
         results.add(mean_row("overopt/kl_empirical", kl, **extra))
 
     # 6. PPO, evaluated on held-out prompts against the SFT policy's answers
+    gold_norm = None
+    if opts.ppo.reward == "gold":  # the ceiling arm: gold normalised as the reward model is, on its samples
+        norm_problems = [q for q in compare_problems for _ in range(k)]
+        golds = [gold_reward(task, q, t) for q, t in zip(norm_problems, norm_samples[3], strict=True)]
+        gold_norm = fit_normalization(jnp.asarray(golds, jnp.float32), scale=True)
+        ctx.tracker.summary(
+            {"ppo/gold_norm_gain": float(gold_norm.gain), "ppo/gold_norm_bias": float(gold_norm.bias)}
+        )
     ppo = PPOTrainer(ctx, opts.ppo, sft_model, reward_model.model, prompt_len=prompt_len, sampler=sampler,
-                     rounds=opts.rounds, rm_generative=opts.reward_model.generative)  # fmt: skip
+                     rounds=opts.rounds, rm_generative=opts.reward_model.generative,
+                     gold_normalisation=gold_norm)  # fmt: skip
     eval_set = eval_problems[: opts.eval_prompts]
     eval_sampler = sampler(sft_model, len(eval_set))
     sft_gold = np.asarray(

@@ -40,6 +40,7 @@ from oversight.training.ppo import (
     make_rollout_phases,
     rollout_batch,
 )
+from oversight.training.reward_model import RewardNormalization
 
 # (state, PPO iterations done over all rounds) -> {"metrics": logged at the step, "rows": results rows to keep
 # in the history, ...anything else the caller wants back}
@@ -60,8 +61,12 @@ class PPOTrainer:
         sampler: Callable[[nnx.Module, int], Sampler],
         rounds: int = 1,
         rm_generative: bool = False,
+        gold_normalisation: RewardNormalization | None = None,
     ):
         self.ctx, self.cfg, self.prompt_len = ctx, cfg, prompt_len
+        if cfg.reward == "gold" and gold_normalisation is None:
+            raise ValueError("ppo.reward=gold needs the gold reward's normalisation (gold_normalisation)")
+        self.gold_normalisation = gold_normalisation
         self.graphdef, self.ref_params = nnx.split(sft_model)  # the frozen reference
         policy = nnx.merge(self.graphdef, self.ref_params)
         # The value head: on the policy's trunk, or on a critic of its own that starts as the reward model.
@@ -147,6 +152,10 @@ class PPOTrainer:
             out = self.sampler.sample(batch, jax.random.fold_in(key, 0))
             p, pm = (jnp.asarray(x) for x in left_pad(batch, self.prompt_len, tokenizer.pad_id))
             scored = self.score_rollout(self.state, self.ref_params, rm_params, p, pm, out.tokens, out.mask)
+            texts = decode_responses(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
+            golds = np.asarray(gold([problems[i] for i in idx], texts), np.float32)  # (B,)
+            if cfg.reward == "gold":  # the ceiling arm: the checker's reward in place of the model's score
+                scored = dict(scored, score=self.gold_normalisation.apply(jnp.asarray(golds)))
             adv = self.advantages(scored, out.mask, jnp.float32(self.kl_ctl.value))
             rollout = rollout_batch(p, pm, out.tokens, out.mask, scored, adv)
             rollout = jax.device_put(rollout, batch_sharding(ctx.mesh, ctx.rules))  # rows over the batch axes
@@ -157,8 +166,7 @@ class PPOTrainer:
                     f"{stage.name}: non-finite loss at iteration {it + 1}; last good checkpoint: "
                     f"{checkpointer.latest_step()}"
                 )
-            texts = decode_responses(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
-            rollout_gold = float(np.mean(gold([problems[i] for i in idx], texts)))
+            rollout_gold = float(np.mean(golds))
             roll = {k: float(v) for k, v in jax.device_get(adv["stats"]).items()}
             done = it + 1
             metrics = {

@@ -44,6 +44,7 @@ from oversight.training.sft import sft_loss
 VALUE_INITS = ("reward_model", "zero")
 CRITICS = ("shared", "separate")
 ADVANTAGES = ("gae", "leave_one_out")
+REWARDS = ("reward_model", "gold")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class PPOConfig:
     # Name of the policy's value head (a scalar head of the same trunk).
     value_head: str = "value"
     # --- the PPO stage (`oversight.pipeline.ppo`)
+    # What PPO maximises: the reward model's score (RLHF), or the task's gold reward normalised on the same
+    # samples as the reward model (the ceiling: how far this optimiser gets when the reward is right).
+    reward: str = setting("reward_model", choices=REWARDS)
     # Rollout batches (iterations) per round.
     iterations: int = setting(30, ge=1)
     # Responses per rollout batch (`samples_per_prompt` to each prompt drawn).

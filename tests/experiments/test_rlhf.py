@@ -152,6 +152,19 @@ def test_the_notebook_draws_the_over_optimisation_curves_of_a_run(pulse_run, exe
     assert printed.strip() == "['best_of_n', 'ppo'] 7"
 
 
+def test_ppo_against_the_gold_reward_maximises_the_normalised_gold_score(tmp_path):
+    """The ceiling arm: every iteration's score is the rollouts' gold reward under the normalisation fitted
+    on the reward model's SFT samples, not the reward model's score."""
+    _run(tmp_path / "run", "experiment.ppo.reward=gold")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    gain, bias = summary["ppo/gold_norm_gain"], summary["ppo/gold_norm_bias"]
+    iterations = [r for r in _rows(tmp_path / "run", "metrics.jsonl") if "ppo/score" in r]
+    assert len(iterations) == 4
+    for r in iterations:
+        assert r["ppo/score"] == pytest.approx(gain * r["ppo/gold_reward"] + bias, abs=1e-5)
+    assert any(abs(r["ppo/score"] - r["ppo/proxy_reward"]) > 1e-3 for r in iterations)
+
+
 def test_split_for_rl_keeps_sft_prompts_out_of_the_comparisons_and_ppo():
     from oversight.experiments.rlhf import split_for_rl
 
