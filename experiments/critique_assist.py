@@ -6,13 +6,16 @@ same budget? (Saunders et al. 2022's randomised comparison; published anchor: ab
 
 A critique model is trained as in `gdc_gap` (`oversight.experiments.critique`), then a simulated overseer
 (`SimulatedHuman`: `budget` local checks per response, per-check miss and false-alarm rates, reading units
-`in_order` from the top by default) reviews the same held-out responses in three arms:
+`in_order` from the top by default) reviews the same held-out responses in these arms:
 
 - `unassisted`: no critiques;
 - `assisted`: `k` critiques sampled from the model (temperature 1), shown in the order of the model's own
   helpfulness head; the overseer checks the units they point at first, within the same budget;
 - `gold_critique`: the true critique of the injected flaw ("no flaw" on clean responses), the ceiling of
-  what a critique can do for this overseer.
+  what a critique can do for this overseer;
+- controls, pointers that know nothing of the response's content: `last_unit` (one critique pointing at its
+  last unit) and `random_unit` (at a unit drawn at random). A critic is worth what it finds beyond them; the
+  misleading set's flaws sit on late units, so there `last_unit` is the bar to clear.
 
 Three response sets: `clean` (reference solutions, for false alarms), `flawed` (one injected flaw where
 the injector puts it), and `misleading`: per problem, of `misleading_draws` injected flaws, the one placed
@@ -21,27 +24,31 @@ deliberately misleading answers Saunders et al. had humans write.
 
 Results (`results.jsonl`, 95% intervals): per set and arm, `assist/found` (the overseer names the injected
 flaw's unit), `assist/flagged` (it judges the response flawed), `assist/false_alarm` on clean responses;
-per set, `assist/found_difference` = found(assisted) − found(unassisted) and `assist/relative_increase` =
+per set, `assist/found_difference` = found(assisted) − found(unassisted), `assist/relative_increase` =
 found(assisted) / found(unassisted) − 1 (paired bootstraps; the ratio is undefined when the unassisted
-overseer finds nothing), and `assist/critiques_valid` (shown critiques that gold confirms).
+overseer finds nothing), `assist/found_over_control` = found(assisted) − found(control) per control arm, and
+`assist/critiques_valid` (shown critiques that gold confirms).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import jax
 import numpy as np
-from oversight.experiments.critique import gold_critique_text, train_critique_model
 
+from oversight.experiments.critique import gold_critique_text, train_critique_model
 from oversight.overseers import HumanCapacity, SimulatedHuman
 from oversight.protocols import ReviewOutcome, critique_review
 from oversight.registry import Experiment, RunContext
 from oversight.settings import setting
 from oversight.stats import bootstrap_row, proportion_row
-from oversight.tasks.base import LabelledResponse, Problem, Task
+from oversight.tasks.base import Critique, LabelledResponse, Problem, Task
 
-ARMS = ("unassisted", "assisted", "gold_critique")
+# Pointer arms that know nothing of the response's content (see the module docstring).
+CONTROLS = ("last_unit", "random_unit")
+ARMS = ("unassisted", "assisted", "gold_critique", *CONTROLS)
 
 
 @dataclass
@@ -91,6 +98,19 @@ def assistance_rows(
                 )
             )
     if flawed:
+        for control in (c for c in CONTROLS if c in outcomes):
+            over = np.stack([outcomes["assisted"].found, outcomes[control].found], axis=1).astype(float)
+            rows.append(
+                bootstrap_row(
+                    "assist/found_over_control",
+                    over,
+                    lambda x: x[:, 0].mean() - x[:, 1].mean(),
+                    bootstrap_seed=bootstrap_seed,
+                    set=set_name,
+                    arm=control,
+                    **extra,
+                )
+            )
         pairs = np.stack([outcomes["assisted"].found, outcomes["unassisted"].found], axis=1).astype(float)
 
         def relative_increase(x: np.ndarray) -> float:
@@ -170,6 +190,10 @@ def run(ctx: RunContext) -> None:
             "assisted": model_critiques,
             "gold_critique": [[gold_critique_text(task, it)] for it in items],
         }
+        units = [max(1, len(task.unit_checks(it.problem, it.response))) for it in items]
+        pick = random.Random(ctx.seed(f"controls/{set_name}"))
+        shown["last_unit"] = [[Critique(u - 1)] for u in units]
+        shown["random_unit"] = [[Critique(pick.randrange(u))] for u in units]
         # every arm's overseer starts from the same seed: the arms differ only in the critiques shown
         overseer_seed = ctx.seed(f"overseer/{set_name}")
         outcomes = {

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from oversight.experiments.critique import CritiqueModel, train_critique_model
 
+from oversight.experiments.critique import CritiqueModel, train_critique_model
 from oversight.registry import Experiment, RunContext
 from oversight.settings import setting
 from oversight.stats import auroc, bootstrap_row, proportion_row

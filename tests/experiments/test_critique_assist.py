@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from oversight.experiments.critique import gold_critique_text
-from oversight.experiments.critique_assist import assistance_rows, misleading_response
 
 import oversight
+from oversight.experiments.critique import gold_critique_text
+from oversight.experiments.critique_assist import assistance_rows, misleading_response
 from oversight.overseers import HumanCapacity, SimulatedHuman
 from oversight.protocols import ReviewOutcome, critique_review
 from oversight.tasks import get_task
@@ -58,7 +58,11 @@ def test_assistance_rows_on_a_known_case():
             np.array([1, 1, 1, 0, 1, 0, 0, 0], bool), np.array([1, 1, 1, 0, 1, 0, 0, 1], bool)
         ),
     }
+    clean = {(r["metric"], r["arm"]): r for r in assistance_rows("clean", outcomes, flawed=False)}
+    outcomes["last_unit"] = ReviewOutcome(np.array([0, 1, 1, 1, 1, 1, 0, 0], bool), np.ones(8, bool))
     rows = {(r["metric"], r["arm"]): r for r in assistance_rows("flawed", outcomes, flawed=True)}
+    assert rows["assist/found_over_control", "last_unit"]["value"] == pytest.approx(-0.125)  # 4/8 - 5/8
+    assert ("assist/found_over_control", "random_unit") not in rows  # only the controls that were run
     assert rows["assist/found", "unassisted"]["value"] == 0.25
     assert rows["assist/found", "assisted"]["value"] == 0.5
     assert rows["assist/flagged", "unassisted"]["value"] == 0.375
@@ -69,7 +73,6 @@ def test_assistance_rows_on_a_known_case():
         rows["assist/relative_increase", "assisted"]["ci_high"],
     )
     assert lo <= 1.0 <= hi
-    clean = {(r["metric"], r["arm"]): r for r in assistance_rows("clean", outcomes, flawed=False)}
     assert set(clean) == {("assist/false_alarm", "unassisted"), ("assist/false_alarm", "assisted")}
     assert clean["assist/false_alarm", "assisted"]["value"] == 0.625  # 5 of 8 flagged
 
@@ -80,11 +83,13 @@ def test_critique_assist_end_to_end(critique_runs):
     ]
     found = {(r["set"], r["arm"]): r for r in rows if r["metric"] == "assist/found"}
     assert set(found) == {
-        (s, a) for s in ("flawed", "misleading") for a in ("unassisted", "assisted", "gold_critique")
+        (s, a)
+        for s in ("flawed", "misleading")
+        for a in ("unassisted", "assisted", "gold_critique", "last_unit", "random_unit")
     }
     assert all(r["n"] == 16 for r in found.values())
     false_alarm = [r for r in rows if r["metric"] == "assist/false_alarm"]
-    assert {r["set"] for r in false_alarm} == {"clean"} and len(false_alarm) == 3
+    assert {r["set"] for r in false_alarm} == {"clean"} and len(false_alarm) == 5
     assert {r["set"] for r in rows if r["metric"] == "assist/critiques_valid"} == {
         "clean",
         "flawed",
@@ -93,6 +98,11 @@ def test_critique_assist_end_to_end(critique_runs):
     assert all(r["n"] == 64 for r in rows if r["metric"] == "assist/critiques_valid")  # k = 4 per response
     # the gold critique is the ceiling: the overseer checks the unit it points at first
     assert found["flawed", "gold_critique"]["value"] >= found["flawed", "unassisted"]["value"]
+    # the misleading flaw is the last-placed of several: a pointer at the last unit reaches it, reading from
+    # the top with one check does not
+    assert found["misleading", "last_unit"]["value"] > found["misleading", "unassisted"]["value"]
+    over = {r["arm"] for r in rows if r["metric"] == "assist/found_over_control"}
+    assert over == {"last_unit", "random_unit"}
     for r in rows:
         if r["value"] is not None:  # null: not measurable (a rate over zero cases)
             assert r["ci_low"] <= r["value"] <= r["ci_high"], r

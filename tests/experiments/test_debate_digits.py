@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from oversight.experiments.debate import digits as D
 
 import oversight
 from oversight import protocols as P
+from oversight.experiments.debate import digits as D
 from oversight.stats import wilson_interval
 from oversight.tasks.digits import load_split
 from oversight.tracking.runs import load_results

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from oversight.experiments.debate import text as T
 
 import oversight
 from oversight import protocols as P
 from oversight.data.tokenizer import CharTokenizer, load_tokenizer
+from oversight.experiments.debate import text as T
 from oversight.models import ModelConfig, Transformer
 from oversight.parallel import MeshConfig, make_mesh
 from oversight.pipeline import Stage

@@ -9,6 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from sklearn.metrics import roc_auc_score
+
+from oversight.data.tokenizer import CharTokenizer
 from oversight.experiments.critique import (
     HEADS,
     NO,
@@ -23,9 +26,6 @@ from oversight.experiments.gdc_gap import (
     per_flaw_type_rows,
     selection_rows,
 )
-from sklearn.metrics import roc_auc_score
-
-from oversight.data.tokenizer import CharTokenizer
 from oversight.models import ModelConfig, Transformer
 from oversight.stats import auroc, bootstrap_row, wilson_interval
 from oversight.tasks import get_task

@@ -167,7 +167,6 @@ def test_ppo_against_the_gold_reward_maximises_the_normalised_gold_score(tmp_pat
 
 def test_split_for_rl_keeps_sft_prompts_out_of_the_comparisons_and_ppo():
     from oversight.experiments.rlhf import split_for_rl
-
     from oversight.tasks import get_task
 
     problems = get_task("arithmetic", ops="+-").sample(400, 1, seed=0)

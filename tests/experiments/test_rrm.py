@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+
 from oversight.experiments.rrm import (
     Feedback,
     ProcessRewardModelConfig,
@@ -14,7 +15,6 @@ from oversight.experiments.rrm import (
     recursive_feedback,
     training_plan,
 )
-
 from oversight.overseers import HumanCapacity
 
 
@@ -174,9 +174,8 @@ def test_the_notebook_draws_policy_quality_against_difficulty(tiny_run, execute_
 
 
 def test_views_pack_each_line_with_what_ends_it_so_a_missing_unit_costs_a_token():
-    from oversight.experiments.rrm import pack_views
-
     from oversight.data.tokenizer import CharTokenizer
+    from oversight.experiments.rrm import pack_views
     from oversight.tasks import get_task
 
     task, tok = get_task("arithmetic", ops="+-"), CharTokenizer()
