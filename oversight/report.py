@@ -408,7 +408,10 @@ def render_group(group: Group, rows: Sequence[Row]) -> str:
     shared, rows = common_labels(rows)
     title = group.experiment
     if group.settings:
-        title += " — " + ", ".join(f"{k}={v}" for k, v in group.settings.items())
+        # a key absent from a run's config: the run predates that setting (its code had the default's behaviour)
+        title += " — " + ", ".join(
+            f"{k}={v}" if v is not None else f"{k} unset" for k, v in group.settings.items()
+        )
     seeds = [r.seed for r in runs]
     lines = [
         f"### {title}",

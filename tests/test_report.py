@@ -293,6 +293,10 @@ def test_runs_on_another_float_path_get_a_check_paired_by_seed(tmp_path):
             (folder / "config.yaml").write_text(yaml.safe_dump(config))
     md = report([tmp_path])
     assert md.count("\n### toy — kernels=") == 2
+    # a run from before the setting existed has no value for it: shown as unset, checked as the default
+    older = tmp_path / "older" / "0"
+    _write_run(older, seed=0, d_model=64, rows=[{"metric": "toy/win", "value": 0.4, "n": 10}], overrides=[])
+    assert "\n### toy — kernels unset\n" in report([tmp_path / "older", tmp_path / "plain"])
     diffs = [plain[s] - auto[s] for s in (0, 1, 2)]  # 0.05, -0.05, 0.10
     mean, half = np.mean(diffs), T_975_DF2 * np.std(diffs, ddof=1) / math.sqrt(3)
     table = _table_rows(md, "### float-path check: kernels=plain against the default\n")
