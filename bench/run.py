@@ -435,8 +435,8 @@ class OversightRewardModel:
         import numpy as np
 
         from oversight.parallel import shard_batch
-        from oversight.training.loop import TrainConfig, init_train_state, make_optimizer
-        from oversight.training.reward_model import make_train_step, reward_model_loss
+        from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
+        from oversight.training.reward_model import reward_model_loss
 
         cfg = oversight_config(dims, heads=("reward",))
         mesh, rules = oversight_mesh()
