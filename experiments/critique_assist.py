@@ -98,46 +98,29 @@ def assistance_rows(
                 )
             )
     if flawed:
-        for control in (c for c in CONTROLS if c in outcomes):
-            over = np.stack([outcomes["assisted"].found, outcomes[control].found], axis=1).astype(float)
-            rows.append(
-                bootstrap_row(
-                    "assist/found_over_control",
-                    over,
-                    lambda x: x[:, 0].mean() - x[:, 1].mean(),
-                    bootstrap_seed=bootstrap_seed,
-                    set=set_name,
-                    arm=control,
-                    **extra,
-                )
+
+        def assisted_against(metric: str, baseline: str, stat, arm: str) -> dict:
+            """A paired bootstrap row of `stat` over (assisted, baseline) found flags, per response."""
+            pairs = np.stack([outcomes["assisted"].found, outcomes[baseline].found], axis=1).astype(float)
+            return bootstrap_row(
+                metric, pairs, stat, bootstrap_seed=bootstrap_seed, set=set_name, arm=arm, **extra
             )
-        pairs = np.stack([outcomes["assisted"].found, outcomes["unassisted"].found], axis=1).astype(float)
+
+        def difference(x: np.ndarray) -> float:
+            return x[:, 0].mean() - x[:, 1].mean()
 
         def relative_increase(x: np.ndarray) -> float:
             base = x[:, 1].mean()
             return x[:, 0].mean() / base - 1.0 if base > 0 else float("nan")
 
+        rows += [
+            assisted_against("assist/found_over_control", control, difference, arm=control)
+            for control in CONTROLS
+            if control in outcomes
+        ]
+        rows.append(assisted_against("assist/found_difference", "unassisted", difference, arm="assisted"))
         rows.append(
-            bootstrap_row(
-                "assist/found_difference",
-                pairs,
-                lambda x: x[:, 0].mean() - x[:, 1].mean(),
-                bootstrap_seed=bootstrap_seed,
-                set=set_name,
-                arm="assisted",
-                **extra,
-            )
-        )
-        rows.append(
-            bootstrap_row(
-                "assist/relative_increase",
-                pairs,
-                relative_increase,
-                bootstrap_seed=bootstrap_seed,
-                set=set_name,
-                arm="assisted",
-                **extra,
-            )
+            assisted_against("assist/relative_increase", "unassisted", relative_increase, arm="assisted")
         )
     return rows
 

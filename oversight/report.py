@@ -477,7 +477,9 @@ def float_path_pairs(groups: Sequence[Group]) -> list[tuple[Group, Group]]:
     ]
 
 
-def render_float_path_check(base: Group, other: Group) -> str:
+def render_float_path_check(
+    base: Group, base_rows: Sequence[Row], other: Group, other_rows: Sequence[Row]
+) -> str:
     """Each quantity on both float paths and their difference, paired by seed (a seed's data, initialisation
     and sampling keys are the same on both paths; only the rounding differs)."""
     name = f"{FLOAT_PATH}={other.settings[FLOAT_PATH]}"
@@ -491,8 +493,8 @@ def render_float_path_check(base: Group, other: Group) -> str:
         "| quantity | default | " + name + " | difference | seeds |",
         "|---|---|---|---|---|",
     ]
-    theirs = {(r.metric, _hashable(r.labels)): r for r in aggregate(other)}
-    for row in aggregate(base):
+    theirs = {(r.metric, _hashable(r.labels)): r for r in other_rows}
+    for row in base_rows:
         match = theirs.get((row.metric, _hashable(row.labels)))
         if match is None:
             continue
@@ -526,8 +528,10 @@ def render_section(experiment: str, groups: Sequence[Group], output: str | None 
     folders = " ".join(shlex.quote(str(f)) for f in _report_folders(runs))
     rewrite = f"oversight report {folders}" + (f" --update {shlex.quote(output)}" if output else "")
     lines = [f"## {experiment}", "", "```bash", *regenerate_commands(runs), rewrite, "```", ""]
-    lines += [render_group(group, aggregate(group)) for group in groups]
-    lines += [render_float_path_check(base, other) for base, other in float_path_pairs(groups)]
+    rows = [aggregate(group) for group in groups]
+    lines += [render_group(group, r) for group, r in zip(groups, rows, strict=True)]
+    of = {id(g): r for g, r in zip(groups, rows, strict=True)}
+    lines += [render_float_path_check(b, of[id(b)], o, of[id(o)]) for b, o in float_path_pairs(groups)]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -130,9 +130,9 @@ class RunContext:
     def writes_files(self) -> bool:
         """Whether this process writes the run folder's own files (process 0 of a multi-host job; the tracker
         and checkpoints handle their own). Every process still computes what goes in them."""
-        import jax
+        from oversight.tracking.run_info import process_index
 
-        return jax.process_index() == 0
+        return process_index() == 0
 
     @cached_property
     def tokenizer(self):
