@@ -52,15 +52,31 @@ class CharTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face tokenizer loaded from a local folder (`tokenizer.json` / `tokenizer_config.json`)."""
+    """A Hugging Face tokenizer from a local folder (`tokenizer.json` / `tokenizer_config.json`) or a GGUF file.
+
+    A GGUF file carries its tokenizer (vocabulary, merges, special tokens, chat template) in its metadata;
+    transformers' GGUF converter builds the same fast tokenizer from it (the `gguf` package reads the file).
+    """
 
     def __init__(self, path: str | Path) -> None:
         from transformers import AutoTokenizer
 
         path = Path(path)
-        if not path.is_dir():
+        if path.suffix.lower() == ".gguf":
+            if not path.is_file():
+                raise TokenizerError(f"GGUF file {path} does not exist")
+            from oversight.errors import require
+
+            require("gguf", extra="gguf", feature="reading a tokenizer from a GGUF file")
+            self._tok = AutoTokenizer.from_pretrained(
+                str(path.parent), gguf_file=path.name, local_files_only=True, trust_remote_code=False
+            )
+        elif not path.is_dir():
             raise TokenizerError(f"tokenizer folder {path} does not exist")
-        self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        else:
+            self._tok = AutoTokenizer.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=False
+            )
         self.vocab_size = len(self._tok)
         eos = self._tok.eos_token_id
         if eos is None:
@@ -75,9 +91,16 @@ class HFTokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def save(self, folder: str | Path) -> None:
+        """Write tokenizer.json, tokenizer_config.json (and the chat template) into `folder`."""
+        self._tok.save_pretrained(str(folder))
+
 
 def load_tokenizer(name_or_path: str) -> Tokenizer:
-    """`"char"` gives the built-in character tokenizer; anything else is a local Hugging Face folder."""
+    """`"char"` gives the built-in character tokenizer; anything else is a local Hugging Face folder, a GGUF
+    file or a named pretrained model (`oversight.models.pretrained`)."""
     if name_or_path == "char":
         return CharTokenizer()
-    return HFTokenizer(name_or_path)
+    from oversight.models.pretrained import resolve_checkpoint
+
+    return HFTokenizer(resolve_checkpoint(name_or_path))

@@ -1,5 +1,8 @@
 """Import a local Hugging Face checkpoint folder (config.json + safetensors) into our Flax NNX `Transformer`.
 
+A GGUF file (llama.cpp's format) imports the same way: `gguf_import` reads its metadata as a config.json and
+its tensors, dequantised, under their Hugging Face names.
+
 Supported: GPT-2 (`GPT2LMHeadModel`, `GPT2Model`), Llama (`LlamaForCausalLM`, `LlamaModel`), Mistral-style
 configs (`MistralForCausalLM`, `MistralModel`: same tensors as Llama) and Qwen2 (`Qwen2ForCausalLM`,
 `Qwen2Model`: Llama plus q/k/v biases).
@@ -36,6 +39,8 @@ from safetensors import safe_open
 
 from oversight.errors import UserError
 from oversight.models.config import ModelConfig
+from oversight.models.gguf_import import gguf_config_json, gguf_tensors, is_gguf
+from oversight.models.pretrained import resolve_checkpoint
 from oversight.models.transformer import Transformer
 
 __all__ = [
@@ -457,6 +462,9 @@ def _fresh_init(cfg: ModelConfig, key: jax.Array, paths: tuple[Path_, ...]) -> l
 
 
 def _read_config_json(folder: Path) -> dict:
+    """The checkpoint's config.json: the folder's own, or the one a GGUF file's metadata gives."""
+    if is_gguf(folder):
+        return gguf_config_json(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     config_file = folder / "config.json"
@@ -468,10 +476,14 @@ def _read_config_json(folder: Path) -> dict:
         raise CheckpointError(f"{folder}: config.json is not valid JSON ({e})") from e
 
 
-def read_model_config(path: str | Path, **overrides: Any) -> ModelConfig:
-    """The `ModelConfig` of the checkpoint folder `path` (from its config.json), with `overrides` applied."""
-    folder = Path(path)
-    config_json = _read_config_json(folder)  # its errors name the folder already
+def read_model_config(path: str | Path, config_json: dict | None = None, **overrides: Any) -> ModelConfig:
+    """The `ModelConfig` of the checkpoint `path` (a folder or a GGUF file), with `overrides` applied.
+
+    `config_json` is the checkpoint's config when the caller has read it already.
+    """
+    folder = resolve_checkpoint(path)
+    if config_json is None:
+        config_json = _read_config_json(folder)  # its errors name the folder already
     try:
         return model_config_from_hf(config_json, **overrides)
     except CheckpointError as e:
@@ -502,9 +514,9 @@ def load_hf_checkpoint(
     no safetensors weights, a missing shard, missing / unexpected tensors, a shape mismatch, or a tokenizer
     larger than the model's vocabulary.
     """
-    folder = Path(path)
+    folder = resolve_checkpoint(path)
     config_json = _read_config_json(folder)
-    cfg = read_model_config(folder, dtype=dtype, scalar_heads=list(scalar_heads), **overrides)
+    cfg = read_model_config(folder, config_json, dtype=dtype, scalar_heads=list(scalar_heads), **overrides)
 
     if tokenizer is not None:
         n_tok = _tokenizer_size(tokenizer)
@@ -514,7 +526,10 @@ def load_hf_checkpoint(
                 f"embedding has only {cfg.vocab_size} rows (vocab_size in config.json)"
             )
 
-    tensors = _index_tensors(folder, *_weight_files(folder))
+    if is_gguf(folder):
+        tensors = gguf_tensors(folder, config_json)
+    else:
+        tensors = _index_tensors(folder, *_weight_files(folder))
     specs = _gpt2_specs(cfg) if cfg.family == "gpt2" else _llama_specs(cfg)
 
     # A tied checkpoint may still carry lm_head.weight; accept it only if it really equals the embedding.
