@@ -45,7 +45,7 @@ class Config:
     experiment: dict[str, Any] = field(default_factory=lambda: {"name": MISSING})
     # Seed of everything random in the run (data, initialisation, sampling).
     seed: int = setting(0, ge=0)
-    # "char" (built-in character tokenizer) or a local Hugging Face tokenizer folder.
+    # "char" (built-in character tokenizer), a Hugging Face tokenizer folder, a GGUF file or a known model name.
     tokenizer: str = "char"
     # The transformer's float path: "auto" (the CPU kernels on the CPU backend, plain JAX elsewhere), or "cpu"
     # / "plain" to force one. Both compute the same function and round differently; re-running a result's

@@ -31,6 +31,16 @@ def test_every_shipped_config_composes_and_validates(group, name):
     assert experiment.name == typed.experiment["name"]
 
 
+def test_every_registered_task_has_a_config_that_samples_its_problems():
+    from oversight.tasks import available_tasks, get_task
+
+    configs = {p.stem: _compose([f"task={p.stem}"]).task for p in (Path(CONF_DIR) / "task").glob("*.yaml")}
+    assert set(available_tasks()) <= {c.name for c in configs.values()}
+    for name, c in configs.items():
+        problems = get_task(c.name, **c.options).sample(3, c.difficulty, seed=0)
+        assert len(problems) == 3, name
+
+
 def test_experiment_files_are_global_packages():
     for path in (Path(CONF_DIR) / "experiment").glob("*.yaml"):
         assert path.read_text().startswith("# @package _global_"), path

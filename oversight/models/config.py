@@ -49,7 +49,8 @@ class ModelConfig:
     scalar_heads: list[str] = setting(factory=list)
     # Standard deviation of the normal initialiser.
     init_std: float = setting(0.02, ge=0)
-    # Local Hugging Face checkpoint folder to import; its config.json replaces the architecture fields above.
+    # Checkpoint to import: a Hugging Face folder, a GGUF file or a known name (smollm2-135m-instruct); its
+    # architecture replaces the fields above.
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:

