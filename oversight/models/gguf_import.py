@@ -14,6 +14,7 @@ interleaved rotary layout; `_unpermute` restores Hugging Face's (rotate-half) or
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -58,11 +59,21 @@ def _error(message: str) -> Exception:
 
 
 def _reader(path: Path):
-    gguf = require("gguf", extra="gguf", feature="reading GGUF checkpoints")
+    """The file's `GGUFReader` (memory-mapped). Parsing SmolLM2's metadata (~100k tokenizer strings) takes
+    seconds and a run asks for the config several times, so readers are kept per (file, size, mtime)."""
+    require("gguf", extra="gguf", feature="reading GGUF checkpoints")
     if not path.is_file():
         raise _error(f"GGUF file {path} does not exist")
+    stat = path.stat()
+    return _open_reader(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _open_reader(path: str, _size: int, _mtime_ns: int):
+    import gguf
+
     try:
-        return gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(path)
     except Exception as e:  # any parse failure becomes a clear error naming the file
         raise _error(f"{path} is not a valid GGUF file: {e}") from e
 
