@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -33,6 +32,7 @@ from oversight.pipeline import RunContext, decode_responses, sft_stage
 from oversight.sampling import Sampler, SamplingConfig
 from oversight.sampling.generate import left_pad
 from oversight.tasks.base import Critique, LabelledResponse, Problem, Task
+from oversight.training.batched import map_batches
 
 HEADS = ("answer", "discriminate", "critique", "helpful", "refine")
 
@@ -157,13 +157,9 @@ class CritiqueModel:
         """P(y) / (P(y) + P(n)) after each context (a question ending in "? "), shape (N,)."""
         ids = self._encode(contexts)
         length = 16 * -(-max(len(i) for i in ids) // 16)
-        out = []
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            chunk = chunk + [[self.tokenizer.pad_id]] * (_CHUNK - len(chunk))
-            tokens, mask = left_pad(chunk, length, self.tokenizer.pad_id)
-            out.append(np.asarray(self._yes_prob(self._state, jnp.asarray(tokens), jnp.asarray(mask))))
-        return np.concatenate(out)[: len(ids)]
+        tokens, mask = left_pad(ids, length, self.tokenizer.pad_id)
+        data = {"tokens": tokens, "mask": mask}
+        return map_batches(lambda b: self._yes_prob(self._state, b["tokens"], b["mask"]), data, _CHUNK)
 
     def generate(
         self, contexts: list[str], key: jax.Array, temperature: float, max_new_tokens: int

@@ -76,6 +76,7 @@ from oversight.sampling import Sampler, SamplingConfig
 from oversight.settings import check_fields, setting
 from oversight.stats import bootstrap_row, proportion_row
 from oversight.tasks.base import Critique, Problem, Task
+from oversight.training.batched import batch_rows, map_batches
 from oversight.training.best_of_n import chance_best_of_n, most_frequent_indices
 from oversight.training.loop import TrainConfig
 from oversight.training.reward_model import (
@@ -87,7 +88,8 @@ from oversight.training.reward_model import (
     unit_scores,
 )
 
-# rows of policy samples per sampler call and per scoring call (fixed shapes: one program each per level)
+# rows of policy samples per sampler call, and at most per scoring call (fixed shapes: one program each per
+# level)
 _SAMPLE_CHUNK = 256
 _SCORE_CHUNK = 128
 _BASELINES = ("sample", "oracle", "chance", "most_frequent")  # per-level policy/{name}_reward rows
@@ -449,17 +451,14 @@ def run(ctx: RunContext) -> None:
         return unit_scores(model, views, view_mask, unit_tokens=line if rm.generative else None)
 
     def score_units(state, data: dict[str, np.ndarray]) -> np.ndarray:
-        """Unit logits (P, K, U) of packed views, in chunks of one fixed shape."""
+        """Unit logits (P, K, U) of packed views, in batches of one shape."""
         lead, (u, w) = data["views"].shape[:2], data["views"].shape[2:]
-        arrays = [data[name].reshape(-1, u, w) for name in ("views", "view_mask", "unit_tokens")]
-        out = []
-        for s in range(0, len(arrays[0]), _SCORE_CHUNK):
-            chunk = [a[s : s + _SCORE_CHUNK] for a in arrays]
-            pad = _SCORE_CHUNK - len(chunk[0])
-            if pad:  # the padding rows repeat a real row; their scores are dropped
-                chunk = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in chunk]
-            out.append(np.asarray(_score(state, *chunk))[: _SCORE_CHUNK - pad])
-        return np.concatenate(out).reshape(*lead, u)
+        flat = {name: data[name].reshape(-1, u, w) for name in ("views", "view_mask", "unit_tokens")}
+        rows = min(batch_rows(model_cfg, w, u, logits=rm.generative), _SCORE_CHUNK)
+        logits = map_batches(
+            lambda b: _score(state, b["views"], b["view_mask"], b["unit_tokens"]), flat, rows
+        )
+        return logits.reshape(*lead, u)
 
     # Before training, shift the head so the units of the reference solutions score P(right) =
     # rm_reference_p, as InstructGPT normalises its reward model on demonstrations. (A unit's likelihood term

@@ -97,6 +97,7 @@ from oversight.tasks.passages import (
     training_questions,
 )
 from oversight.tracking.progress import progress
+from oversight.training.batched import batch_rows, map_batches
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
 from oversight.training.policy_gradient import PolicyGradientConfig, policy_gradient_loss
 from oversight.training.sft import epoch_batches
@@ -341,18 +342,12 @@ class QuoteJudge:
             raise ValueError(
                 "the learned judge must not see the passage (only the oracle protocol passes it)"
             )
-        out = np.zeros(len(views))
-        for i in range(0, len(views), self.batch):
-            chunk = self.encode(views[i : i + self.batch])
-            k = len(chunk["sign"])
-            if k < self.batch:  # one compiled shape
-                chunk = {
-                    name: np.concatenate([a, np.repeat(a[-1:], self.batch - k, 0)])
-                    for name, a in chunk.items()
-                }
-            logits = np.asarray(self._logits(self.state, chunk["tokens"], chunk["mask"], chunk["sign"]))[:k]
-            out[i : i + k] = 1.0 / (1.0 + np.exp(-logits))
-        return out
+        logits = map_batches(
+            lambda b: self._logits(self.state, b["tokens"], b["mask"], b["sign"]),
+            self.encode(views),
+            self.batch,
+        )  # (N,) float32
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float64)
 
 
 def simulated_judge(gullibility: float) -> P.Judge:
@@ -486,6 +481,7 @@ class JudgeTrainer:
             if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
                 log({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, stage.offset + step + 1)
         bar.close()
+        stage.finish()
         return self.judge()
 
     def judge(self) -> QuoteJudge:
@@ -600,8 +596,13 @@ class QuotePolicy:
         return tokens, mask, allowed, lists
 
     def log_probs(self, state, tokens, mask, allowed) -> np.ndarray:
-        scores = self._scores(state, tokens, mask)  # (N, C)
-        return np.asarray(masked_log_softmax(scores, jnp.asarray(allowed), self.temperature))
+        """Log-probabilities (N, C) of the candidates, scored in batches of at most `batch_rows` views (all N
+        views at once would hold every candidate's activations together)."""
+        n, c, t = tokens.shape
+        rows = min(batch_rows(nnx.merge(self.graphdef, state)[0].config, t, c, logits=False), n)
+        data = {"tokens": tokens, "mask": mask}
+        scores = map_batches(lambda b: self._scores(state, b["tokens"], b["mask"]), data, rows)  # (N, C)
+        return np.asarray(masked_log_softmax(jnp.asarray(scores), jnp.asarray(allowed), self.temperature))
 
     def __call__(self, views: list[P.AgentView]) -> list[P.Move]:
         tokens, mask, allowed, lists = self.encode(views)
@@ -689,6 +690,7 @@ def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, sched
         stats["rl/liar_reward"] = float(r[~honest].mean()) if (~honest).any() else float("nan")
         log(stats, stage.offset + it + 1)
     bar.close()
+    stage.finish()
     policy.state = state
     return state
 

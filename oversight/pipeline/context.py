@@ -10,6 +10,8 @@ are for, so adding a stage or a draw does not shift any other stage's randomness
 
 from __future__ import annotations
 
+import resource
+import sys
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -184,6 +186,12 @@ class RunContext:
         )
 
 
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far, in MiB (`ru_maxrss`: kilobytes on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -192,3 +200,8 @@ class Stage:
     offset: int
     checkpoint_dir: Path
     tracker: StageTracker
+
+    def finish(self) -> None:
+        """Record the process's peak resident memory so far in the run summary as `<name>/peak_rss_mib` ('/'
+        in the name as '_'); whoever runs the stage calls it once the stage's work is done."""
+        self.tracker.summary({f"{self.name.replace('/', '_')}/peak_rss_mib": peak_rss_mib()})

@@ -27,6 +27,7 @@ from oversight.pipeline.stages import decode_responses, train_state_from_model
 from oversight.sampling import Sampler
 from oversight.sampling.generate import left_pad
 from oversight.tracking.progress import progress
+from oversight.training.batched import batch_rows, map_batches
 from oversight.training.checkpoint import Checkpointer, abstract_like
 from oversight.training.loop import TrainConfig, make_optimizer
 from oversight.training.ppo import (
@@ -68,6 +69,7 @@ class PPOTrainer:
             raise ValueError("ppo.reward=gold needs the gold reward's normalisation (gold_normalisation)")
         self.gold_normalisation = gold_normalisation
         self.graphdef, self.ref_params = nnx.split(sft_model)  # the frozen reference
+        self.model_cfg = sft_model.config
         policy = nnx.merge(self.graphdef, self.ref_params)
         # The value head: on the policy's trunk, or on a critic of its own that starts as the reward model.
         critic = policy if cfg.critic == "shared" else nnx.merge(*nnx.split(reward_model))
@@ -104,14 +106,25 @@ class PPOTrainer:
     def policy(self, state=None) -> nnx.Module:
         return actor_and_critic(nnx.merge(self.state_graphdef, self.state if state is None else state)[0])[0]
 
-    def score(self, rm_params, prompts: list[list[int]], tokens, mask, state=None) -> dict[str, jax.Array]:
+    def score(self, rm_params, prompts: list[list[int]], tokens, mask, state=None) -> dict[str, np.ndarray]:
         """The scoring phase on sampled responses (one row per prompt) against `rm_params`: the policy's and the
         reference's log-probs, values, the reward model's score (`proxy`) and the summed KL from the reference."""
-        p, pm = (jnp.asarray(x) for x in left_pad(prompts, self.prompt_len, self.ctx.tokenizer.pad_id))
-        state = self.state if state is None else state
-        return self.score_rollout(
-            state, self.ref_params, rm_params, p, pm, jnp.asarray(tokens), jnp.asarray(mask)
-        )
+        p, pm = left_pad(prompts, self.prompt_len, self.ctx.tokenizer.pad_id)
+        return self._score_padded(rm_params, p, pm, tokens, mask, self.state if state is None else state)
+
+    def _score_padded(
+        self, rm_params, prompt, prompt_mask, response, response_mask, state
+    ) -> dict[str, np.ndarray]:
+        """`score` of left-padded prompts (R, P), in batches of one shape (each row scored on its own)."""
+        data = {
+            "prompt": np.asarray(prompt),
+            "prompt_mask": np.asarray(prompt_mask),
+            "response": np.asarray(response),
+            "response_mask": np.asarray(response_mask),
+        }
+        n, length = data["prompt"].shape[0], data["prompt"].shape[1] + data["response"].shape[1]
+        rows = min(batch_rows(self.model_cfg, length), n)
+        return map_batches(lambda b: self.score_rollout(state, self.ref_params, rm_params, **b), data, rows)
 
     def run_round(
         self,
@@ -151,7 +164,7 @@ class PPOTrainer:
             self.sampler.update(self.policy())
             out = self.sampler.sample(batch, jax.random.fold_in(key, 0))
             p, pm = (jnp.asarray(x) for x in left_pad(batch, self.prompt_len, tokenizer.pad_id))
-            scored = self.score_rollout(self.state, self.ref_params, rm_params, p, pm, out.tokens, out.mask)
+            scored = self._score_padded(rm_params, p, pm, out.tokens, out.mask, self.state)
             texts = decode_responses(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
             golds = np.asarray(gold([problems[i] for i in idx], texts), np.float32)  # (B,)
             if cfg.reward == "gold":  # the ceiling arm: the checker's reward in place of the model's score
@@ -192,4 +205,5 @@ class PPOTrainer:
             bar.set_postfix(kl=f"{metrics['ppo/kl']:.2f}", gold=f"{rollout_gold:.3f}", refresh=False)
         bar.close()
         checkpointer.close()
+        stage.finish()
         return ev

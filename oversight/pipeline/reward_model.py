@@ -5,6 +5,7 @@ them, measured against gold and normalised on the policy's samples before RL.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +13,12 @@ import numpy as np
 from flax import nnx
 
 from oversight.overseers import GoldOverseer, HumanCapacity, RankingCollector, SimulatedHuman
-from oversight.parallel import shard_batch
 from oversight.pipeline.context import RunContext
 from oversight.pipeline.stages import Trainer, round_up
 from oversight.sampling.generate import left_pad
 from oversight.settings import setting
 from oversight.stats import proportion_row
+from oversight.training.batched import batch_rows, map_batches
 from oversight.training.loop import TrainConfig
 from oversight.training.reward_model import (
     RewardParams,
@@ -29,6 +30,10 @@ from oversight.training.reward_model import (
     reward_model_metrics,
     reward_scores,
 )
+
+# Rows per call when scoring samples: the sets scored (normalisation, best-of-N) differ in size, one shape
+# serves them all.
+_SCORE_ROWS = 256
 
 
 @dataclass
@@ -168,15 +173,25 @@ class RewardModel:
 
         self._rankings_rewards, self._response_rewards = rankings_rewards, response_rewards
 
+    def _rows(self, params, seq_len: int, seqs_per_row: int = 1) -> int:
+        """Rows per forward pass of a scoring pass (`batch_rows`); the LM head only for a generative model."""
+        cfg = nnx.merge(self.graphdef, params).config
+        return batch_rows(cfg, seq_len, seqs_per_row, logits=self.cfg.generative)
+
     def heldout_metrics(self, params) -> dict[str, float]:
-        """Accuracy, ECE and pair counts on the held-out rankings, ordered by gold and by the labeller."""
+        """Accuracy, ECE and pair counts on the held-out rankings, ordered by gold and by the labeller (the
+        rewards in batches of rankings, the metrics over all of them)."""
         ctx, out = self.ctx, {}
         for name, data in (
             ("gold", self.comparisons.heldout_gold),
             ("labeller", self.comparisons.heldout_labeller),
         ):
-            r = self._rankings_rewards(params, shard_batch(data, ctx.mesh, ctx.rules))
-            m = reward_model_metrics(r, jnp.asarray(data["valid"]), jnp.asarray(data["ranks"]))
+            b, k, t = data["tokens"].shape
+            rows = min(self._rows(params, t, k), b)
+            r = map_batches(
+                partial(self._rankings_rewards, params), data, rows, mesh=ctx.mesh, rules=ctx.rules
+            )
+            m = reward_model_metrics(jnp.asarray(r), jnp.asarray(data["valid"]), jnp.asarray(data["ranks"]))
             out |= {f"rm/heldout_{key}_{name}": float(v) for key, v in m.items()}
         return out
 
@@ -203,18 +218,18 @@ class RewardModel:
             {"metric": "rm/ece_gold", **ece, "n": int(final["rm/heldout_pairs_gold"]), "round": round_no}
         )
 
-    def score(
-        self, params: RewardParams, prompts: list[list[int]], tokens, mask, batch: int = 256
-    ) -> np.ndarray:
-        """Rewards (R,) float32 of sampled responses (R, N) to `prompts` (one per row), in calls of `batch`
-        rows."""
-        out = []
-        for i in range(0, len(prompts), batch):
-            p, pm = left_pad(prompts[i : i + batch], self.prompt_len, self.ctx.tokenizer.pad_id)
-            out.append(
-                np.asarray(self._response_rewards(params, p, pm, tokens[i : i + batch], mask[i : i + batch]))
-            )
-        return np.concatenate(out)
+    def score(self, params: RewardParams, prompts: list[list[int]], tokens, mask) -> np.ndarray:
+        """Rewards (R,) float32 of sampled responses (R, N) to `prompts` (one per row), in batches of one
+        shape (at most `_SCORE_ROWS`)."""
+        p, pm = left_pad(prompts, self.prompt_len, self.ctx.tokenizer.pad_id)
+        data = {
+            "prompt": p,
+            "prompt_mask": pm,
+            "response": np.asarray(tokens),
+            "response_mask": np.asarray(mask),
+        }
+        rows = min(self._rows(params.params, p.shape[1] + data["response"].shape[1]), _SCORE_ROWS)
+        return map_batches(lambda b: self._response_rewards(params, **b), data, rows)
 
     def normalise(self, samples, round_no: int = 1):
         """Fold a bias (and gain) into the reward head so the policy's `samples` (prompts, tokens, mask, ...)

@@ -8,6 +8,7 @@ it was killed and is restored, not retrained, once finished.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,10 +19,11 @@ import optax
 from flax import nnx
 
 from oversight.models import ModelConfig
-from oversight.parallel import shard_batch, state_shardings
+from oversight.parallel import state_shardings
 from oversight.pipeline.context import RunContext, Stage
 from oversight.sampling import Sampler, SamplingConfig
 from oversight.tasks.base import Problem, Task
+from oversight.training.batched import batch_rows
 from oversight.training.checkpoint import Checkpointer
 from oversight.training.loop import (
     LossFn,
@@ -31,7 +33,7 @@ from oversight.training.loop import (
     make_train_step,
     train_loop,
 )
-from oversight.training.sft import epoch_batches, pack_examples, sft_loss
+from oversight.training.sft import epoch_batches, heldout_loss, pack_examples, response_nll, sft_loss
 
 
 def round_up(n: int, multiple: int = 16) -> int:
@@ -113,7 +115,8 @@ class Trainer:
         keep: int | None = None,
     ):
         """Train on `data` (batches drawn by `seed`) from `state` (default: the starting state, copied) in
-        `stage`; resumes from, or once finished restores, the stage's checkpoints. Returns the final state."""
+        `stage`; resumes from, or once finished restores, the stage's checkpoints, and finishes the stage (its peak
+        memory in the summary). Returns the final state."""
         cfg = self.train_cfg
         if stage.steps != cfg.steps:
             raise ValueError(f"stage {stage.name!r} has {stage.steps} steps, its training config {cfg.steps}")
@@ -133,6 +136,7 @@ class Trainer:
             step_offset=stage.offset,
         )
         checkpointer.close()
+        stage.finish()
         return state
 
     def model(self, state) -> nnx.Module:
@@ -155,20 +159,30 @@ class SFTPolicy:
             pad_id=ctx.tokenizer.pad_id,
         )
         graphdef = trainer.graphdef
+        # Held-out rows per forward pass: the whole set at once would hold its (N, T, V) logits.
+        n, length = eval_data["tokens"].shape
+        self._eval_rows = min(batch_rows(trainer.model(state).config, length), n)
 
         @jax.jit
-        def _eval_loss(state, batch):
+        def _eval_nll(state, batch):  # -> (B,), (B,)
             model, _ = nnx.merge(graphdef, state)
-            return sft_loss(model, batch)[0]
+            return response_nll(model, batch)
 
-        self._eval_loss = _eval_loss
+        self._eval_nll = _eval_nll
 
     def model(self, state=None) -> nnx.Module:
         return self.trainer.model(self.state if state is None else state)
 
     def eval_loss(self, state=None) -> float:
         state = self.state if state is None else state
-        return float(self._eval_loss(state, shard_batch(self._eval_data, self._ctx.mesh, self._ctx.rules)))
+        ctx = self._ctx
+        return heldout_loss(
+            functools.partial(self._eval_nll, state),
+            self._eval_data,
+            self._eval_rows,
+            mesh=ctx.mesh,
+            rules=ctx.rules,
+        )
 
     def gold_accuracy(self, state=None) -> tuple[int, int]:
         """(correct, n): greedy answers to the scored held-out problems that the task's gold checker accepts."""

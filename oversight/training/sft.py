@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from oversight.models.kernels import target_logprobs
 from oversight.models.transformer import Transformer, positions_from_mask
+from oversight.training.batched import map_batches
 
 
 def token_logprobs(model: Transformer, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -21,12 +25,36 @@ def next_token_logprobs(model: Transformer, hidden: jax.Array, tokens: jax.Array
     return target_logprobs(model.logits(hidden[:, :-1]), tokens[:, 1:])  # (B, T-1)
 
 
+def response_nll(model: Transformer, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Per row: the summed negative log-likelihood of the tokens where `loss_mask` is 1 (the response and its
+    stop token), and how many there are. Both (B,) float32."""
+    logp = token_logprobs(model, batch["tokens"], batch["mask"])  # (B, T-1)
+    weight = batch["loss_mask"][:, 1:].astype(jnp.float32)  # (B, T-1)
+    return -(logp * weight).sum(-1), weight.sum(-1)
+
+
 def sft_loss(model: Transformer, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean negative log-likelihood of the tokens where `loss_mask` is 1 (the response and its stop token)."""
+    # Summed over the whole batch at once, not through response_nll's per-row sums: the training loss keeps the
+    # summation order (and so the float results) it always had.
     logp = token_logprobs(model, batch["tokens"], batch["mask"])  # (B, T-1)
     weight = batch["loss_mask"][:, 1:].astype(jnp.float32)
     n = jnp.maximum(weight.sum(), 1.0)
     return -(logp * weight).sum() / n, {"response_tokens": weight.sum()}
+
+
+def heldout_loss(
+    nll_fn: Callable[[dict[str, Any]], tuple[Any, Any]],
+    data: dict[str, np.ndarray],
+    rows: int,
+    *,
+    mesh,
+    rules,
+) -> float:
+    """`sft_loss` over every row of `data` (`pack_examples` rows), token-weighted exactly as one batch of them
+    would be, in batches of `rows` (`map_batches`); `nll_fn(batch)` is a jitted `response_nll`."""
+    nll, tokens = map_batches(nll_fn, data, rows, mesh=mesh, rules=rules)  # (N,), (N,)
+    return float(nll.sum(dtype=np.float64) / max(tokens.sum(dtype=np.float64), 1.0))
 
 
 def pack_examples(

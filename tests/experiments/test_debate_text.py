@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -21,7 +22,7 @@ from oversight.data.tokenizer import CharTokenizer, load_tokenizer
 from oversight.experiments.debate import text as T
 from oversight.models import ModelConfig, Transformer
 from oversight.parallel import MeshConfig, make_mesh
-from oversight.pipeline import Stage
+from oversight.pipeline import Stage, StageTracker
 from oversight.stats import wilson_interval
 from oversight.tasks import passages
 from oversight.training.loop import TrainConfig, init_train_state, make_optimizer, make_train_step
@@ -338,7 +339,9 @@ def test_judge_batches_mix_the_parts_in_their_fractions_each_part_in_its_own_per
     in permutations (each row once per epoch); a part too small for its share is a clear error."""
     trainer = object.__new__(T.JudgeTrainer)  # only the batching: no model, a step that records the batch
     trainer.batch, trainer.log_every, trainer.state, batches = 4, 1, None, []
-    stage = lambda steps: Stage("judge", steps, 0, tmp_path, None)  # noqa: E731
+    summaries = {}
+    tracker = StageTracker(SimpleNamespace(summary=summaries.update), {})
+    stage = lambda steps: Stage("judge", steps, 0, tmp_path, tracker)  # noqa: E731
 
     def step(state, batch):
         batches.append(batch["label"][:, 0].copy())
@@ -352,6 +355,7 @@ def test_judge_batches_mix_the_parts_in_their_fractions_each_part_in_its_own_per
     assert sorted(int(r) for b in batches for r in b if r < 100) == list(range(6))  # one epoch of `small`
     first_epoch = [int(r) for b in batches[:3] for r in b if r >= 100]  # 3 batches x 3 rows of 10
     assert len(set(first_epoch)) == 9
+    assert list(summaries) == ["judge/peak_rss_mib"]  # the finished stage's peak memory
     trainer.batch = 8
     with pytest.raises(ValueError, match="judge.train.batch_size=8: 8 rows per batch from 6 transcripts"):
         trainer.fit([(small, 1.0)], stage(1), seed=0, log=lambda *a: None)

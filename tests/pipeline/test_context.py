@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from oversight.pipeline import Results, RunContext, StepLedger, stable_seed
+from oversight.pipeline.context import peak_rss_mib
 
 
 class Recorder:
@@ -86,3 +87,16 @@ def test_results_rows_carry_the_run_columns_unless_a_row_sets_them():
     summary = results.write(tracker, ("rm",))
     assert summary == {"rm/accuracy_gold": 0.9} and tracker.summaries == summary
     assert tracker.tables["results"] == results.rows
+
+
+def test_a_finished_stage_records_the_peak_memory_so_far_in_the_summary():
+    tracker = Recorder()
+    ctx = _ctx(tracker=tracker)
+    ctx.stage("rm/L1_H", 10, prefix="rm_L1_H").finish()
+    peak = tracker.summaries["rm_L1_H/peak_rss_mib"]
+    assert set(tracker.summaries) == {"rm_L1_H/peak_rss_mib"}
+    assert (
+        peak == pytest.approx(peak_rss_mib(), rel=0.5) and 10 < peak < 2**20
+    )  # MiB: more than a bare interpreter
+    ctx.stage("ppo", 4).finish()
+    assert tracker.summaries["ppo/peak_rss_mib"] >= peak  # a peak never falls
