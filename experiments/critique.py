@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from oversight.models import ModelConfig, build_model_config
+from oversight.models import ModelConfig
 from oversight.models.transformer import positions_from_mask
 from oversight.pipeline import RunContext, decode_responses, sft_stage
 from oversight.sampling import Sampler, SamplingConfig
@@ -114,8 +114,8 @@ def training_examples(
 
 
 def tokenize_examples(examples: list[tuple[str, str]], tokenizer) -> tuple[list[list[int]], list[list[int]]]:
-    """BOS + context, target + EOS (as `tokenize_problems` does for plain SFT)."""
-    contexts = [[tokenizer.bos_id, *tokenizer.encode(c)] for c, _ in examples]
+    """The context as a prompt (`prompt_ids`), target + EOS (as `tokenize_problems` does for plain SFT)."""
+    contexts = [tokenizer.prompt_ids(c) for c, _ in examples]
     targets = [[*tokenizer.encode(t), tokenizer.eos_id] for _, t in examples]
     return contexts, targets
 
@@ -151,7 +151,7 @@ class CritiqueModel:
         self._yes_prob = yes_prob
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        return [[self.tokenizer.bos_id, *self.tokenizer.encode(t)] for t in texts]
+        return [self.tokenizer.prompt_ids(t) for t in texts]
 
     def yes_probability(self, contexts: list[str]) -> np.ndarray:
         """P(y) / (P(y) + P(n)) after each context (a question ending in "? "), shape (N,)."""
@@ -229,7 +229,7 @@ def train_critique_model(
     trained on every head by the shared SFT stage (or restored from the run folder). Held-out loss is on the
     same mixture built from the held-out problems; gold accuracy is of greedy answers."""
     tokenizer, task = ctx.tokenizer, ctx.task
-    model_cfg = build_model_config(ctx.cfg.model, tokenizer)
+    model_cfg = ctx.model_config()
     train_problems, eval_problems = ctx.splits()
     if len(eval_problems) < held_out_needed:
         raise ValueError(

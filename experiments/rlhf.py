@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oversight.models import build_model_config
 from oversight.overseers import HumanCapacity
 from oversight.pipeline import (
     Comparisons,
@@ -120,7 +119,7 @@ def run(ctx: RunContext) -> None:
     cfg, opts, tok, task, results = ctx.cfg, ctx.options, ctx.tokenizer, ctx.task, ctx.results
     # One architecture for every role: policy (+ value head), reference, reward model (reward head).
     heads = list(dict.fromkeys([*cfg.model.scalar_heads, "reward", "value"]))
-    model_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=heads), tok)
+    model_cfg = ctx.model_config(dataclasses.replace(cfg.model, scalar_heads=heads))
     train_problems, eval_problems = ctx.splits()
     sft_problems, rl_problems = split_for_rl(train_problems, opts.rl_fraction)
 

@@ -58,7 +58,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oversight.models import build_model_config
 from oversight.overseers import GoldOverseer, HumanCapacity, SimulatedHuman
 from oversight.overseers.base import Assistance
 from oversight.overseers.rankings import MAX_K, MIN_K
@@ -283,7 +282,7 @@ def pack_views(
             unit_views = task.unit_views(problem, text)
             for u, view in enumerate(unit_views[:units]):
                 context, _, line = view.partition("\n")
-                head = [tokenizer.bos_id, *tokenizer.encode(f"{context}\n")]
+                head = tokenizer.prompt_ids(f"{context}\n")
                 end = [tokenizer.eos_id] if u == len(unit_views) - 1 else tokenizer.encode("\n")
                 body = tokenizer.encode(line[:max_line_chars]) + (end if len(line) <= max_line_chars else [])
                 ids = [*head, *body][:width]
@@ -355,7 +354,7 @@ def fingerprint(state) -> str:
 def run(ctx: RunContext) -> None:
     cfg, opts, tokenizer, task = ctx.cfg, ctx.options, ctx.tokenizer, ctx.task
     heads = tuple(dict.fromkeys([*cfg.model.scalar_heads, "reward"]))
-    model_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=list(heads)), tokenizer)
+    model_cfg = ctx.model_config(dataclasses.replace(cfg.model, scalar_heads=list(heads)))
     task.unit_views(*_probe(task, opts.difficulties[0]))  # fails early, naming the task, if it has no views
     n_levels = len(opts.difficulties)
     hints = opts.hints or opts.overseer.budget

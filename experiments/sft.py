@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oversight.models import build_model_config
 from oversight.pipeline import RunContext, sft_stage, tokenize_problems
 from oversight.registry import Experiment
 from oversight.settings import setting
@@ -32,7 +31,7 @@ def run(ctx: RunContext) -> None:
     train_problems, eval_problems = ctx.splits()
     sft = sft_stage(
         ctx,
-        build_model_config(ctx.cfg.model, tok),
+        ctx.model_config(),
         tokenize_problems(train_problems, tok),
         tokenize_problems(eval_problems, tok),
         eval_problems[: opts.eval_samples],

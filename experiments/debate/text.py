@@ -77,7 +77,7 @@ import pandas as pd
 from flax import nnx
 
 from oversight import protocols as P
-from oversight.models import ModelConfig, build_model_config
+from oversight.models import ModelConfig
 from oversight.pipeline import RunContext, Stage, round_up, stable_seed
 from oversight.registry import Experiment
 from oversight.settings import check_fields, setting
@@ -254,11 +254,11 @@ def policy_text(view: P.AgentView, candidate: str, seen: int | None = None) -> s
 
 
 def encode(tokenizer, texts: list[str], length: int, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """BOS + tokens, right-padded to `length`: tokens and mask (N, length). Too long names the config key."""
+    """The text as a prompt (`prompt_ids`), right-padded to `length`: tokens and mask (N, length). Too long names the config key."""
     tokens = np.full((len(texts), length), tokenizer.pad_id, np.int32)
     mask = np.zeros((len(texts), length), np.int32)
     for i, text in enumerate(texts):
-        ids = [tokenizer.bos_id, *tokenizer.encode(text)]
+        ids = tokenizer.prompt_ids(text)
         if len(ids) > length:
             raise ValueError(f"{key}: a text of {len(ids)} tokens does not fit {length}: {text!r}")
         tokens[i, : len(ids)] = ids
@@ -771,7 +771,7 @@ def run(ctx: RunContext) -> None:
     t_start = time.perf_counter()
     tokenizer = ctx.tokenizer
     heads = list(dict.fromkeys([*cfg.model.scalar_heads, "quote"]))
-    debater_cfg = build_model_config(dataclasses.replace(cfg.model, scalar_heads=heads), tokenizer)
+    debater_cfg = ctx.model_config(dataclasses.replace(cfg.model, scalar_heads=heads))
     eval_qs = make_questions(opts.eval_questions, opts.passages, ctx.seed("questions/eval"), prefix="e")
     eval_by_id = {q.id: q for q in eval_qs}
     policy_len, judge_len = text_lengths(tokenizer, opts)
@@ -797,7 +797,7 @@ def run(ctx: RunContext) -> None:
     if opts.judge.kind == "learned":
         judge_cfg = dataclasses.replace(opts.judge.model, scalar_heads=["judge"])
         if judge_cfg.checkpoint:
-            judge_cfg = build_model_config(judge_cfg, tokenizer)
+            judge_cfg = ctx.model_config(judge_cfg, role="judge_model")
             if judge_len > judge_cfg.max_seq_len:
                 raise ValueError(
                     f"experiment.judge.model.checkpoint: max_seq_len {judge_cfg.max_seq_len} < judge texts of"

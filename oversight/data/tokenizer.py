@@ -27,6 +27,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids) -> str: ...
 
+    def prompt_ids(self, text: str) -> list[int]: ...
+
 
 class CharTokenizer:
     """One token per character: printable ASCII, newline and tab, plus <pad>, <bos>, <eos>, <unk>.
@@ -49,6 +51,10 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self._itos[i] for i in ids if int(i) >= len(self.SPECIALS))
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The ids a response to the prompt `text` follows: <bos> and the prompt."""
+        return [self.bos_id, *self.encode(text)]
 
 
 class HFTokenizer:
@@ -84,12 +90,24 @@ class HFTokenizer:
         self.eos_id = eos
         self.bos_id = self._tok.bos_token_id if self._tok.bos_token_id is not None else eos
         self.pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else eos
+        self.chat_template: str | None = self._tok.chat_template
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False)
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The ids a response to the prompt `text` follows: with a chat template (an instruct model), the
+        template's rendering of one user turn holding `text` and the assistant's turn opening (so the
+        response's end, eos, closes that turn); without one, bos and the prompt."""
+        if self.chat_template is None:
+            return [self.bos_id, *self.encode(text)]
+        turn = [{"role": "user", "content": text}]
+        return list(
+            self._tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=True)["input_ids"]
+        )
 
     def save(self, folder: str | Path) -> None:
         """Write tokenizer.json, tokenizer_config.json (and the chat template) into `folder`."""

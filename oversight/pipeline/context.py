@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import jax
 
     from oversight.config import Config
+    from oversight.models import ModelConfig
     from oversight.tasks.base import Problem, Task
 
 
@@ -135,6 +136,29 @@ class RunContext:
         from oversight.tracking.run_info import process_index
 
         return process_index() == 0
+
+    def model_config(self, model: ModelConfig | None = None, role: str = "model") -> ModelConfig:
+        """`model` (default: the run's) as this run builds it: a checkpoint's own architecture, checked against
+        the tokenizer. What was built goes in the run's summary (and W&B) under `<role>/`: config.yaml shows
+        the settings given, which for a checkpoint are not the architecture."""
+        from oversight.models import build_model_config
+
+        built = build_model_config(model or self.cfg.model, self.tokenizer)
+        arch = (
+            "family",
+            "n_layers",
+            "d_model",
+            "n_heads",
+            "kv_heads",
+            "mlp_width",
+            "vocab_size",
+            "max_seq_len",
+        )
+        self.tracker.summary(
+            {f"{role}/{k}": getattr(built, k) for k in arch}
+            | {f"{role}/num_params": built.num_params(), f"{role}/checkpoint": built.checkpoint or ""}
+        )
+        return built
 
     @cached_property
     def tokenizer(self):

@@ -139,7 +139,7 @@ class PPOTrainer:
         resumes where it was (with the KL coefficient and the evaluation history). `gold(problems, texts)` gives
         the gold reward of rollouts (logged). Returns the last evaluation, or None if nothing was left to run."""
         ctx, cfg, tokenizer = self.ctx, self.cfg, self.ctx.tokenizer
-        prompts = [[tokenizer.bos_id, *tokenizer.encode(p.prompt)] for p in problems]
+        prompts = [tokenizer.prompt_ids(p.prompt) for p in problems]
         first = (round_no - 1) * cfg.iterations  # iterations of the earlier rounds
         checkpointer = Checkpointer(stage.checkpoint_dir, keep=ctx.cfg.train.keep_checkpoints)
         start, latest = 0, checkpointer.latest_step()

@@ -82,7 +82,7 @@ class Comparisons:
         self.train_rankings, heldout = rankings[:-n_heldout], rankings[-n_heldout:]
         self.train_problems, heldout_problems = problems[:-n_heldout], problems[-n_heldout:]
         self.length = round_up(seq_len + 1)
-        self.prompt_tokens = {p.prompt: [tok.bos_id, *tok.encode(p.prompt)] for p in problems}
+        self.prompt_tokens = {p.prompt: tok.prompt_ids(p.prompt) for p in problems}
 
         # Held-out: the same responses in the labeller's order and in gold's order.
         self.heldout_labeller = self.pack(heldout)

@@ -41,8 +41,9 @@ def round_up(n: int, multiple: int = 16) -> int:
 
 
 def tokenize_problems(problems, tokenizer) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompts, responses) token lists: BOS + prompt, and the reference solution + EOS."""
-    prompts = [[tokenizer.bos_id, *tokenizer.encode(p.prompt)] for p in problems]
+    """(prompts, responses) token lists: the prompt (`prompt_ids`: BOS + prompt, or the chat template's user turn),
+    and the reference solution + EOS."""
+    prompts = [tokenizer.prompt_ids(p.prompt) for p in problems]
     responses = [[*tokenizer.encode(p.solution), tokenizer.eos_id] for p in problems]
     return prompts, responses
 

@@ -1,5 +1,7 @@
 """The built-in character tokenizer and local Hugging Face tokenizers behind one interface."""
 
+import json
+
 import pytest
 
 from oversight.data.tokenizer import CharTokenizer, HFTokenizer, TokenizerError, load_tokenizer
@@ -53,3 +55,18 @@ def test_model_vocabulary_smaller_than_the_tokenizer_is_an_error():
     check_vocab(ModelConfig(vocab_size=128), CharTokenizer())  # padded embeddings are fine
     with pytest.raises(ValueError, match="vocabulary size 64 is smaller than the tokenizer's 101"):
         check_vocab(ModelConfig(vocab_size=64), CharTokenizer())
+
+
+def test_prompt_ids_follow_the_chat_template_when_there_is_one(tmp_path):
+    assert CharTokenizer().prompt_ids("1+2") == [1, *CharTokenizer().encode("1+2")]
+    _save_word_level_tokenizer(tmp_path)
+    plain = load_tokenizer(str(tmp_path))
+    assert plain.chat_template is None and plain.prompt_ids("hello world") == [1, 2, 3]  # bos (= eos here)
+
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+    config["chat_template"] += "{% if add_generation_prompt %}oversight{% endif %}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    chat = load_tokenizer(str(tmp_path))
+    # "user hello world oversight": the role word is unknown to this vocabulary, the opening is "oversight"
+    assert chat.prompt_ids("hello world") == [5, 2, 3, 4]

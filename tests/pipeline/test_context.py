@@ -100,3 +100,34 @@ def test_a_finished_stage_records_the_peak_memory_so_far_in_the_summary():
     )  # MiB: more than a bare interpreter
     ctx.stage("ppo", 4).finish()
     assert tracker.summaries["ppo/peak_rss_mib"] >= peak  # a peak never falls
+
+
+def test_the_model_a_run_builds_is_recorded_with_its_parameter_count(tmp_path):
+    """For a checkpoint the summary holds its architecture, not the settings config.yaml shows."""
+    import json
+
+    from oversight.data.tokenizer import CharTokenizer
+    from oversight.models import ModelConfig
+
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 128,
+              "max_position_embeddings": 64, "tie_word_embeddings": True}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tracker = Recorder()
+    ctx = _ctx(tracker=tracker)
+    ctx.__dict__["tokenizer"] = CharTokenizer()  # the cached property, without a config to build it from
+    built = ctx.model_config(ModelConfig(checkpoint=str(tmp_path), d_model=128, n_layers=2), role="policy")
+    s = tracker.summaries
+    assert (s["policy/family"], s["policy/n_layers"], s["policy/d_model"], s["policy/kv_heads"]) == (
+        "llama",
+        3,
+        64,
+        2,
+    )
+    # embeddings 128*64 + 3 blocks of (attention 64*16*(4+2*2) + 4*16*64, MLP 3*64*96, two norms) + final norm
+    assert (
+        s["policy/num_params"]
+        == built.num_params()
+        == 128 * 64 + 3 * (64 * 16 * 8 + 64 * 64 + 3 * 64 * 96 + 128) + 64
+    )
+    assert s["policy/checkpoint"] == str(tmp_path)
