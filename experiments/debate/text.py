@@ -742,7 +742,7 @@ def seen_quotes(opts: TextDebateOptions) -> int:
 def text_lengths(tokenizer, opts: TextDebateOptions) -> tuple[int, int]:
     """(debater text length, judge quote-text length) in tokens: the longest renderings the options allow
     (the debater's with `seen_quotes(opts)` earlier quotes before its candidate)."""
-    probe = lambda t: len(tokenizer.encode(t)) + 1  # noqa: E731 - + BOS
+    probe = lambda t: len(tokenizer.prompt_ids(t))  # noqa: E731 - as `encode` lays it out
     names, cities, rels = NAMES, CITIES[: opts.cities], RELATIONS[: opts.relations]
     fake = P.Evidence("quote", "", False)
     own, seen = ("", 0), ("", 0)
