@@ -6,7 +6,7 @@ from flax import nnx
 
 from oversight.errors import ConfigError
 from oversight.models.config import ModelConfig
-from oversight.models.transformer import KVCache, Transformer, positions_from_mask
+from oversight.models.transformer import KVCache, Transformer, positions_from_mask, trainable
 
 
 def make_model(cfg: ModelConfig, seed: int) -> Transformer:
@@ -27,7 +27,12 @@ def build_model_config(cfg: ModelConfig, tokenizer) -> ModelConfig:
         from oversight.models.hf_import import read_model_config
 
         cfg = read_model_config(
-            cfg.checkpoint, dtype=cfg.dtype, scalar_heads=cfg.scalar_heads, checkpoint=cfg.checkpoint
+            cfg.checkpoint,
+            dtype=cfg.dtype,
+            scalar_heads=cfg.scalar_heads,
+            lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            checkpoint=cfg.checkpoint,
         )
     check_vocab(cfg, tokenizer, where=f"model {cfg.checkpoint or ''}".strip())
     return cfg
@@ -41,4 +46,5 @@ __all__ = [
     "check_vocab",
     "make_model",
     "positions_from_mask",
+    "trainable",
 ]

@@ -49,6 +49,11 @@ class ModelConfig:
     scalar_heads: list[str] = setting(factory=list)
     # Standard deviation of the normal initialiser.
     init_std: float = setting(0.02, ge=0)
+    # LoRA adapters of this rank beside every attention and MLP weight; training then updates only them and
+    # the scalar heads, the base weights frozen (0: no adapters, every weight trains).
+    lora_rank: int = setting(0, ge=0)
+    # LoRA scale numerator: an adapter adds (alpha / rank) * x A B.
+    lora_alpha: float = setting(16.0, gt=0)
     # Checkpoint to import: a Hugging Face folder, a GGUF file or a known name (smollm2-135m-instruct); its
     # architecture replaces the fields above.
     checkpoint: str | None = None
@@ -96,4 +101,7 @@ class ModelConfig:
             block = attn + (hd * (h + 2 * k) if self.attention_bias else 0) + 3 * d * f + 2 * d
             extra = d
         lm_head = 0 if self.tie_embeddings else d * v
+        if self.lora_rank:  # adapters (in + out) * rank beside q, k, v, o and the MLP's two or three weights
+            mlp = (d + f) * (3 if self.family == "llama" else 2)
+            block += self.lora_rank * (2 * d + 2 * h * hd + 2 * (d + k * hd) + mlp)
         return v * d + self.n_layers * block + extra + lm_head + len(self.scalar_heads) * (d + 1)

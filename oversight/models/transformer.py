@@ -34,6 +34,38 @@ def _zeros(shape: tuple[int, ...], names) -> nnx.Param:
     return _param(jnp.zeros(shape, jnp.float32), names)
 
 
+class LoRA(nnx.Module):
+    """A low-rank update beside a frozen weight (Hu et al. 2021): x (.., d_in) -> (alpha / rank) * x A B.
+
+    B starts at zero, so a model with adapters computes exactly what its base does until they train; A is
+    normal with std 1 / sqrt(d_in). Both are `nnx.LoRAParam`, which `trainable` selects."""
+
+    def __init__(self, d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs, name_in: str | None):
+        r = cfg.lora_rank
+        a = jax.random.normal(rngs.params(), (d_in, r), jnp.float32) / math.sqrt(d_in)
+        self.a = nnx.LoRAParam(a, out_sharding=(name_in, None), eager_sharding=False)  # (d_in, r)
+        self.b = nnx.LoRAParam(
+            jnp.zeros((r, d_out), jnp.float32), out_sharding=(None, None), eager_sharding=False
+        )
+        self.scale = cfg.lora_alpha / r
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        low = kernels.matmul(x, self.a[...].astype(x.dtype))  # (.., r)
+        return kernels.matmul(low, (self.scale * self.b[...]).astype(x.dtype))  # (.., d_out)
+
+
+def _lora(cfg: ModelConfig, rngs: nnx.Rngs, d_in: int, d_out: int, name_in: str | None) -> LoRA | None:
+    return LoRA(d_in, d_out, cfg, rngs, name_in) if cfg.lora_rank else None
+
+
+def trainable(module: nnx.Module) -> nnx.filterlib.Filter:
+    """What training updates in `module` (an optimizer's `wrt`, the parameters gradients are taken for):
+    every parameter, or, when the module carries LoRA adapters, only them and the scalar heads."""
+    if jax.tree.leaves(nnx.state(module, nnx.LoRAParam)):
+        return nnx.Any(nnx.LoRAParam, nnx.PathContains("heads"))
+    return nnx.Param
+
+
 class KVCache(NamedTuple):
     """Keys and values of every layer; slot s of row b holds the token written there by prefill or decode."""
 
@@ -102,6 +134,10 @@ class Attention(nnx.Module):
         self.bk = _zeros((k, e), ("kv_heads", "head_dim")) if qkv_bias else None
         self.bv = _zeros((k, e), ("kv_heads", "head_dim")) if qkv_bias else None
         self.bo = _zeros((d,), ("embed",)) if cfg.family == "gpt2" else None
+        self.lora_q = _lora(cfg, rngs, d, h * e, "embed")
+        self.lora_k = _lora(cfg, rngs, d, k * e, "embed")
+        self.lora_v = _lora(cfg, rngs, d, k * e, "embed")
+        self.lora_o = _lora(cfg, rngs, h * e, d, None)
 
     def __call__(self, x, positions, mask, cache_k=None, cache_v=None, cache_index=0):
         """x (B, T, D); positions (B, T); mask (B, T, S) bool, causal when there is no cache. Returns (B, T, D)
@@ -110,12 +146,15 @@ class Attention(nnx.Module):
 
         # Heads-major (B, heads, T, E), as the KV cache. Contracting in the weights' own (D, heads·E) layout, then
         # moving the head axis, spares XLA on CPU a transposed copy of every weight at every decoding step.
-        def project(w):  # (D, heads, E) -> (B, heads, T, E)
+        def project(w, lora):  # (D, heads, E) -> (B, heads, T, E)
             d, n, e = w.shape
             y = kernels.matmul(x, w[...].astype(dtype).reshape(d, n * e))  # (B, T, heads·E)
+            if lora is not None:
+                y = y + lora(x)
             return y.reshape(*y.shape[:2], n, e).transpose(0, 2, 1, 3)
 
-        q, k, v = project(self.wq), project(self.wk), project(self.wv)  # (B, H, T, E), 2 x (B, K, T, E)
+        q = project(self.wq, self.lora_q)  # (B, H, T, E)
+        k, v = project(self.wk, self.lora_k), project(self.wv, self.lora_v)  # 2 x (B, K, T, E)
         if self.bq is not None:
             q = q + self.bq[...].astype(dtype)[:, None]
             k = k + self.bk[...].astype(dtype)[:, None]
@@ -132,6 +171,8 @@ class Attention(nnx.Module):
         # (H, E) flattened on both sides: the product contracts in wo's own layout (else XLA on CPU copies wo).
         out = out.transpose(0, 2, 1, 3).reshape(b, t, h * e)  # (B, T, H·E)
         y = kernels.matmul(out, self.wo[...].astype(dtype).reshape(h * e, -1))  # (B, T, D)
+        if self.lora_o is not None:
+            y = y + self.lora_o(out)
         if self.bo is not None:
             y = y + self.bo[...].astype(dtype)
         return y, cache_k, cache_v
@@ -149,15 +190,23 @@ class MLP(nnx.Module):
         self.w_out = _normal(rngs, (f, d), out_std, ("mlp", "embed"))
         self.b_in = None if self.gated else _zeros((f,), ("mlp",))
         self.b_out = None if self.gated else _zeros((d,), ("embed",))
+        self.lora_in = _lora(cfg, rngs, d, f, "embed")
+        self.lora_gate = _lora(cfg, rngs, d, f, "embed") if self.gated else None
+        self.lora_out = _lora(cfg, rngs, f, d, "mlp")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
-        h = kernels.matmul(x, self.w_in[...].astype(dtype))  # (B, T, F)
+
+        def product(x, w, lora):  # x (B, T, in) @ w (in, out), plus the adapter's update
+            y = kernels.matmul(x, w[...].astype(dtype))
+            return y if lora is None else y + lora(x)
+
+        h = product(x, self.w_in, self.lora_in)  # (B, T, F)
         if self.gated:
-            h = jax.nn.silu(kernels.matmul(x, self.w_gate[...].astype(dtype))) * h
+            h = jax.nn.silu(product(x, self.w_gate, self.lora_gate)) * h
         else:
             h = jax.nn.gelu(h + self.b_in[...].astype(dtype), approximate=True)  # GPT-2's "gelu_new"
-        y = kernels.matmul(h, self.w_out[...].astype(dtype))  # (B, T, D)
+        y = product(h, self.w_out, self.lora_out)  # (B, T, D)
         return y if self.gated else y + self.b_out[...].astype(dtype)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from oversight.models import ModelConfig
+from oversight.models import ModelConfig, trainable
 from oversight.parallel import state_shardings
 from oversight.pipeline.context import RunContext, Stage
 from oversight.sampling import Sampler, SamplingConfig
@@ -68,7 +68,7 @@ def train_state_from_model(model: nnx.Module, tx: optax.GradientTransformation, 
 
     def make(model_state):
         m = nnx.merge(model_graphdef, model_state)
-        return m, nnx.Optimizer(m, tx, wrt=nnx.Param)
+        return m, nnx.Optimizer(m, tx, wrt=trainable(m))
 
     graphdef, abstract = nnx.split(nnx.eval_shape(make, model_state))
     shardings = state_shardings(abstract, mesh, rules)

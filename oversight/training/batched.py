@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from oversight.models import ModelConfig
 from oversight.parallel import shard_batch
@@ -73,5 +74,7 @@ def map_batches(
         if real < size:
             batch = {k: np.concatenate([v, np.repeat(v[-1:], size - real, 0)]) for k, v in batch.items()}
         out = fn(batch if mesh is None else shard_batch(batch, mesh, rules or {}))
+        if mesh is not None:  # rows sharded over the mesh, on a multi-host job partly on other processes
+            out = multihost_utils.process_allgather(out, tiled=True)
         outs.append(jax.tree.map(lambda x, real=real: np.asarray(jax.device_get(x))[:real], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from oversight.errors import UserError
-from oversight.models import ModelConfig, make_model
+from oversight.models import ModelConfig, make_model, trainable
 from oversight.parallel import (
     batch_sharding,
     init_sharded,
@@ -95,7 +95,7 @@ def init_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, s
 
     def make():
         model = make_model(model_cfg, seed)
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+        return model, nnx.Optimizer(model, tx, wrt=trainable(model))
 
     if not model_cfg.checkpoint:
         return init_sharded(make, mesh, rules)
@@ -105,6 +105,8 @@ def init_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, s
         rules,
         dtype=model_cfg.dtype,
         scalar_heads=model_cfg.scalar_heads,
+        lora_rank=model_cfg.lora_rank,
+        lora_alpha=model_cfg.lora_alpha,
         seed=seed,
         checkpoint=model_cfg.checkpoint,
     )
@@ -114,7 +116,7 @@ def init_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, s
 
     def with_optimizer(model_state):
         m = nnx.merge(model_graphdef, model_state)
-        return nnx.split((m, nnx.Optimizer(m, tx, wrt=nnx.Param)))[1]
+        return nnx.split((m, nnx.Optimizer(m, tx, wrt=trainable(m))))[1]
 
     return graphdef, jax.jit(with_optimizer, out_shardings=shardings)(model_state), shardings
 
@@ -156,7 +158,8 @@ def make_train_step(graphdef, loss_fn: LossFn, state_shardings, mesh, rules):
 
     def step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
-        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True)
+        (loss, aux), grads = grad_fn(model, batch)
         optimizer.update(model, grads)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return nnx.state((model, optimizer)), metrics

@@ -528,7 +528,8 @@ def make_ppo_update(graphdef, ppo_cfg: PPOConfig, rollout_batch: int, state_shar
             batch = jax.tree.map(lambda x: x[idx], rollout)
             model, optimizer = nnx.merge(graphdef, state)
             loss_fn = lambda m: ppo_loss(m, batch, ppo_cfg)  # noqa: E731
-            (loss, stats), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+            grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True)
+            (loss, stats), grads = grad_fn(model)
             optimizer.update(model, grads)
             stats = {**stats, "loss": loss, "grad_norm": optax.tree.norm(grads)}
             return nnx.state((model, optimizer)), stats

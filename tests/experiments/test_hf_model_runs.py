@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from oversight.tasks import available_tasks, get_task
@@ -112,6 +113,7 @@ RUNS = {
         "experiment.bootstrap=20", "experiment.judge.retrain_questions=4", "experiment.judge.retrain_steps=2",
     ],
 }  # fmt: skip
+RUNS["rlhf_lora"] = [*RUNS["rlhf"], "model.lora_rank=4"]  # SFT, reward model and PPO on adapters, base frozen
 
 
 @pytest.mark.parametrize("experiment", list(RUNS))
@@ -127,6 +129,19 @@ def test_experiment_runs_on_a_hugging_face_model_with_a_chat_template(
     # the architecture built is the checkpoint's (config.yaml shows the schema's defaults for model=hf)
     assert (summary["model/family"], summary["model/d_model"], summary["model/n_layers"]) == ("llama", D, L)
     assert summary["model/checkpoint"] == str(hf_model)
+    if experiment.endswith("_lora"):  # every stage's final weights hold the checkpoint's base weights
+        from safetensors.numpy import load_file
+
+        hf = load_file(str(hf_model / "model.safetensors"))
+        for stage in ("sft", "rm", "ppo"):
+            ckpt = run_dir / "checkpoints" / stage
+            last = max(ckpt.iterdir(), key=lambda p: int(p.name)) / "state"
+            model = ocp.StandardCheckpointer().restore(last.absolute())["0"]
+            for m in (model["policy"], model["critic"]) if stage == "ppo" else (model,):
+                np.testing.assert_array_equal(m["embed"]["value"], hf["model.embed_tokens.weight"])
+                w_in = m["blocks"]["0"]["mlp"]["w_in"]["value"]
+                np.testing.assert_array_equal(w_in, hf["model.layers.0.mlp.up_proj.weight"].T)
+                assert np.any(m["blocks"]["0"]["mlp"]["lora_in"]["b"]["value"])  # the adapters trained
 
 
 def test_prompts_go_through_the_chat_template(hf_model):
