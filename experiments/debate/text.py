@@ -447,7 +447,9 @@ class JudgeTrainer:
         train_cfg = opts.judge.train
         tx = make_optimizer(train_cfg)
         self.graphdef, self.state, shardings = init_train_state(model_cfg, tx, seed, mesh, rules)
-        self.step_fn = make_train_step(self.graphdef, judge_loss, shardings, mesh, rules)
+        self.step_fn = make_train_step(
+            self.graphdef, judge_loss, shardings, mesh, rules, train_cfg.microbatches
+        )
         self.tokenizer, self.length, self.batch = tokenizer, length, train_cfg.batch_size
         self.log_every = train_cfg.log_every
         self.slots = transcript_quotes(opts)

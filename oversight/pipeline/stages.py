@@ -82,7 +82,7 @@ class Trainer:
 
     def __init__(self, graphdef, state, shardings, loss: LossFn, train_cfg: TrainConfig, ctx: RunContext):
         self.graphdef, self.init_state, self.train_cfg, self.ctx = graphdef, state, train_cfg, ctx
-        self.step = make_train_step(graphdef, loss, shardings, ctx.mesh, ctx.rules)
+        self.step = make_train_step(graphdef, loss, shardings, ctx.mesh, ctx.rules, train_cfg.microbatches)
 
     @classmethod
     def from_model(cls, model: nnx.Module, loss: LossFn, train_cfg: TrainConfig, ctx: RunContext) -> Trainer:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from oversight.errors import UserError
+from oversight.errors import ConfigError, UserError
 from oversight.models import ModelConfig, make_model, trainable
 from oversight.parallel import (
     batch_sharding,
@@ -40,6 +41,9 @@ class TrainConfig:
     steps: int = setting(300, ge=0)
     # Sequences per step (global, across all devices).
     batch_size: int = setting(32, ge=1)
+    # Gradient accumulation: each step's batch in this many microbatches, one after another, their gradients
+    # averaged: the same update for a loss that averages over rows, a fraction of the activation memory.
+    microbatches: int = setting(1, ge=1)
     # Peak learning rate (after linear warm-up; cosine decay to 10% of it at the last step).
     learning_rate: float = setting(3e-3, gt=0)
     # Linear warm-up steps.
@@ -62,6 +66,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
+        if self.batch_size % self.microbatches:
+            raise ConfigError(
+                f"train.microbatches={self.microbatches} must divide train.batch_size={self.batch_size}"
+            )
 
 
 class NonFiniteError(UserError, FloatingPointError):
@@ -153,13 +161,34 @@ def training_compiler_options(mesh) -> dict[str, Any] | None:
     return dict(_ONEDNN_PRODUCTS)
 
 
-def make_train_step(graphdef, loss_fn: LossFn, state_shardings, mesh, rules):
-    """One jitted optimizer step: (state, batch) -> (state, metrics). `loss_fn(model, batch) -> (loss, aux)`."""
+def make_train_step(graphdef, loss_fn: LossFn, state_shardings, mesh, rules, microbatches: int = 1):
+    """One jitted optimizer step: (state, batch) -> (state, metrics). `loss_fn(model, batch) -> (loss, aux)`.
+
+    With `microbatches` > 1 the batch's rows are split into that many equal microbatches whose gradients are
+    computed one after another (a `lax.scan`, so only one microbatch's activations live at a time) and
+    averaged; the loss and `aux` metrics are their means."""
 
     def step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
-        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True)
-        (loss, aux), grads = grad_fn(model, batch)
+        if microbatches == 1:
+            grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True)
+            (loss, aux), grads = grad_fn(model, batch)
+        else:
+            # Plain JAX inside the scan: the trained parameters and the rest as arrays, merged per microbatch.
+            model_graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
+            split = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), batch)  # (M, B/M, ...)
+            micro_grad = jax.value_and_grad(
+                lambda p, micro: loss_fn(nnx.merge(model_graphdef, p, rest), micro), has_aux=True
+            )
+
+            def accumulate(total, micro):
+                (loss, aux), grads = micro_grad(params, micro)
+                return jax.tree.map(jnp.add, total, grads), (loss, aux)
+
+            zero = jax.tree.map(jnp.zeros_like, params)
+            total, (losses, auxes) = jax.lax.scan(accumulate, zero, split)
+            grads = jax.tree.map(lambda g: g / microbatches, total)
+            loss, aux = losses.mean(), jax.tree.map(lambda a: a.mean(0), auxes)
         optimizer.update(model, grads)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return nnx.state((model, optimizer)), metrics

@@ -99,3 +99,30 @@ def test_heldout_loss_in_batches_equals_the_loss_of_one_batch():
     assert batched == pytest.approx(one_batch, rel=1e-6)
     assert heldout_loss(fn, data, 7, mesh=mesh, rules=RULES) == pytest.approx(one_batch, rel=1e-6)
     assert nll._cache_size() == 2  # one program per batch shape, not per batch
+
+
+def test_microbatches_give_the_update_of_the_whole_batch():
+    """Gradient accumulation: on a loss that averages over rows (every row with as many response tokens), a
+    step over 4 microbatches updates the parameters as one step over the batch does."""
+    import optax
+
+    from oversight.training.loop import TrainConfig, init_train_state, make_train_step
+
+    rng = np.random.default_rng(0)
+    data = pack_examples([list(rng.integers(1, 64, 5)) for _ in range(8)],
+                         [list(rng.integers(1, 64, 4)) for _ in range(8)], 16, 0)  # fmt: skip
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    tx = optax.sgd(1.0)  # the update is the gradient itself (Adam's first step would be ~ its sign)
+    results = []
+    for m in (1, 4):
+        graphdef, state, shardings = init_train_state(CFG, tx, 0, mesh, RULES)
+        step = make_train_step(graphdef, sft_loss, shardings, mesh, RULES, microbatches=m)
+        state, metrics = step(state, data)
+        results.append((jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)), metrics))
+    (whole, m1), (micro, m4) = results
+    assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
+    assert float(m4["grad_norm"]) == pytest.approx(float(m1["grad_norm"]), rel=1e-4)
+    for a, b in zip(whole, micro, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="microbatches=3 must divide train.batch_size=8"):
+        TrainConfig(batch_size=8, microbatches=3)
