@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from oversight.errors import ConfigError
 from oversight.models import ModelConfig, trainable
 from oversight.parallel import state_shardings
 from oversight.pipeline.context import RunContext, Stage
@@ -121,12 +122,19 @@ class Trainer:
         cfg = self.train_cfg
         if stage.steps != cfg.steps:
             raise ValueError(f"stage {stage.name!r} has {stage.steps} steps, its training config {cfg.steps}")
+        n = len(next(iter(data.values())))
+        batch = min(cfg.batch_size, n)  # a data set smaller than one batch trains on all of it each step
+        if batch % cfg.microbatches:
+            raise ConfigError(
+                f"stage {stage.name!r}: {n} training examples give batches of {batch}, which microbatches="
+                f"{cfg.microbatches} does not divide; choose microbatches dividing {batch}"
+            )
         start = jax.tree.map(jnp.copy, self.init_state) if state is None else state  # the step donates it
         checkpointer = Checkpointer(stage.checkpoint_dir, keep=keep or cfg.keep_checkpoints)
         state = train_loop(
             state=start,
             step_fn=self.step,
-            batch_fn=epoch_batches(data, min(cfg.batch_size, len(next(iter(data.values())))), seed),
+            batch_fn=epoch_batches(data, batch, seed),
             cfg=cfg,
             tracker=stage.tracker,
             checkpointer=checkpointer,

@@ -126,3 +126,20 @@ def test_microbatches_give_the_update_of_the_whole_batch():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="microbatches=3 must divide train.batch_size=8"):
         TrainConfig(batch_size=8, microbatches=3)
+
+
+def test_microbatches_not_dividing_a_small_data_sets_batch_are_a_named_error(tmp_path):
+    from types import SimpleNamespace
+
+    from oversight.errors import ConfigError
+    from oversight.pipeline import RunContext
+    from oversight.pipeline.stages import Trainer
+    from oversight.training.loop import TrainConfig
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    cfg = SimpleNamespace(seed=0, task=SimpleNamespace(name="arithmetic", difficulty=1), mesh=MeshConfig())
+    tracker = SimpleNamespace(log=lambda *a, **k: None, summary=lambda *a: None, table=lambda *a: None)
+    ctx = RunContext(cfg, None, tmp_path, tracker, mesh)
+    trainer = Trainer.from_config(CFG, sft_loss, TrainConfig(steps=1, batch_size=8, microbatches=4), ctx, 0)
+    with pytest.raises(ConfigError, match="6 training examples give batches of 6, which microbatches=4"):
+        trainer.fit(ctx.stage("sft", 1), _examples(6), seed=0)  # fewer examples than a batch: batches of 6
