@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -224,8 +225,14 @@ class Stage:
     offset: int
     checkpoint_dir: Path
     tracker: StageTracker
+    # When it was declared (just before it runs), on the monotonic clock.
+    started: float = field(default_factory=time.monotonic)
 
     def finish(self) -> None:
-        """Record the process's peak resident memory so far in the run summary as `<name>/peak_rss_mib` ('/'
-        in the name as '_'); whoever runs the stage calls it once the stage's work is done."""
-        self.tracker.summary({f"{self.name.replace('/', '_')}/peak_rss_mib": peak_rss_mib()})
+        """Record in the run summary the process's peak resident memory so far as `<name>/peak_rss_mib` and
+        the seconds since the stage was declared as `<name>/wall_s` ('/' in the name as '_'); whoever runs the
+        stage calls it once the stage's work is done."""
+        section = self.name.replace("/", "_")
+        self.tracker.summary(
+            {f"{section}/peak_rss_mib": peak_rss_mib(), f"{section}/wall_s": time.monotonic() - self.started}
+        )

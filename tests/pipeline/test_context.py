@@ -1,6 +1,7 @@
 """The run context: the step ledger lines stages up, named random streams are independent of each other and of
 the order stages run in, the results table carries the run's columns."""
 
+import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,12 +90,15 @@ def test_results_rows_carry_the_run_columns_unless_a_row_sets_them():
     assert tracker.tables["results"] == results.rows
 
 
-def test_a_finished_stage_records_the_peak_memory_so_far_in_the_summary():
+def test_a_finished_stage_records_its_wall_time_and_the_peak_memory_so_far_in_the_summary():
     tracker = Recorder()
     ctx = _ctx(tracker=tracker)
-    ctx.stage("rm/L1_H", 10, prefix="rm_L1_H").finish()
+    stage = ctx.stage("rm/L1_H", 10, prefix="rm_L1_H")
+    time.sleep(0.05)
+    stage.finish()
     peak = tracker.summaries["rm_L1_H/peak_rss_mib"]
-    assert set(tracker.summaries) == {"rm_L1_H/peak_rss_mib"}
+    assert set(tracker.summaries) == {"rm_L1_H/peak_rss_mib", "rm_L1_H/wall_s"}
+    assert 0.05 <= tracker.summaries["rm_L1_H/wall_s"] < 5
     assert (
         peak == pytest.approx(peak_rss_mib(), rel=0.5) and 10 < peak < 2**20
     )  # MiB: more than a bare interpreter
