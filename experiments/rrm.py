@@ -250,6 +250,16 @@ def training_plan(levels: int, arms: list[str]) -> list[Feedback]:
     return sorted(needed, key=lambda f: f.level)  # stable: assistants stay before the models they help
 
 
+def released_after(plan: list[Feedback]) -> list[list[Feedback]]:
+    """For each step of `plan`, the reward models no later step needs (as an assistant): their states can go
+    once that step is done, so a run holds the models still to help, not every model it trained."""
+    last = {f: i for i, f in enumerate(plan)}
+    for i, f in enumerate(plan):
+        if f.assistant is not None:
+            last[f.assistant] = max(last[f.assistant], i)
+    return [[f for f in plan if last[f] == i] for i in range(len(plan))]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Data of one level
 
@@ -474,11 +484,12 @@ def run(ctx: RunContext) -> None:
 
     arms = opts.arm_list()
     plan = training_plan(n_levels, arms)
-    trained: dict[Feedback, dict] = {}  # feedback -> state, fingerprint, judgements
+    release = released_after(plan)
+    trained: dict[Feedback, dict] = {}  # feedback -> state (while a later step needs it), judgements
     manifest: dict[str, dict] = {}
     rows_by_feedback: dict[Feedback, list[dict]] = {}
     eval_logits: dict[Feedback, np.ndarray] = {}
-    for fb in plan:
+    for step, fb in enumerate(plan):
         lv = levels[fb.level]
         # -- who ranks: gold, or the overseer with the assistant's pointers
         if fb.source in CONTROLS:  # a control assistant: nothing to judge or train
@@ -487,6 +498,8 @@ def run(ctx: RunContext) -> None:
             manifest[fb.key] = {"level": fb.level, "difficulty": lv.difficulty, "source": fb.source,
                                 "assistant": None, "assistant_fingerprint": None,
                                 "fingerprint": None if state is None else fingerprint(state), "pairs": 0}  # fmt: skip
+            for done in release[step]:
+                trained[done].pop("state")
             continue
         pointers, used = None, None
         if fb.assistant is not None:
@@ -530,6 +543,8 @@ def run(ctx: RunContext) -> None:
         eval_logits[fb] = score_units(state, lv.eval_views)  # (E, N, U)
         rewards = np.asarray(process_reward(eval_logits[fb], lv.eval_views["unit_mask"]))
         rows_by_feedback[fb] = _feedback_rows(task, lv, fb, opts, judged, pointers, rewards, trained)
+        for done in release[step]:
+            trained[done].pop("state")
 
     # --- 5. results: every arm at every level -------------------------------------------------------------
     rows: list[dict] = []

@@ -13,6 +13,7 @@ from oversight.experiments.rrm import (
     arm_feedback,
     arm_names,
     recursive_feedback,
+    released_after,
     training_plan,
 )
 from oversight.overseers import HumanCapacity
@@ -54,6 +55,19 @@ def test_the_plan_trains_every_model_once_and_each_assistant_one_level_down_befo
             assert f.assistant in plan[:i]
     deeper = training_plan(4, arm_names(3))
     assert "L3:H+L2:H+L1:H+L0:H" in [f.key for f in deeper]
+
+
+def test_each_reward_model_is_released_once_after_its_last_use_as_an_assistant():
+    plan = training_plan(3, arm_names(2))
+    release = released_after(plan)
+    assert sorted(f.key for step in release for f in step) == sorted(f.key for f in plan)  # each once
+    when = {f: i for i, step in enumerate(release) for f in step}
+    for i, f in enumerate(plan):
+        assert when[f] >= i
+        if f.assistant is not None:
+            assert when[f.assistant] >= i  # still held when the model it helps is judged
+    held = [sum(1 for f in plan[: i + 1] if when[f] > i) for i in range(len(plan))]
+    assert max(held) < len(plan) // 2  # the run never holds most of its reward models at once
 
 
 def test_feedback_and_options_reject_a_broken_recursion():
