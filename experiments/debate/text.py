@@ -680,7 +680,12 @@ def train_debaters(policy: QuotePolicy, step_fn, state, judge, opts, seed, sched
             "advantage": adv[:, None].astype(np.float32),  # (N, 1)
         }
         n = len(decisions)
-        size = n // rl.minibatches
+        size = n // rl.minibatches // rl.microbatches * rl.microbatches  # rows per minibatch
+        if size == 0:
+            raise ValueError(
+                f"rl.minibatches={rl.minibatches} x rl.microbatches={rl.microbatches} exceeds the {n} quote "
+                f"choices of an iteration's rollouts (rl.rollout_batch={rl.rollout_batch})"
+            )
         rng = np.random.default_rng([seed, it])
         for _ in range(rl.epochs):
             perm = rng.permutation(n)
@@ -828,7 +833,7 @@ def run(ctx: RunContext) -> None:
     ref_state = jax.tree.map(jnp.copy, state)  # the initial policy (the train step donates `state`)
     loss = partial(policy_loss, clip_eps=rl.clip_eps, kl_coef=rl.kl_coef, ent_coef=rl.ent_coef,
                    temperature=rl.temperature)  # fmt: skip
-    step_fn = make_train_step(graphdef, loss, shardings, mesh, rules)
+    step_fn = make_train_step(graphdef, loss, shardings, mesh, rules, rl.microbatches)
     summary["debater/params"] = debater_cfg.num_params()
 
     def agent(state, name, stream):

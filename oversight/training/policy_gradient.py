@@ -32,6 +32,9 @@ class PolicyGradientConfig:
     # Optimisation epochs over each rollout, each a fresh permutation split into `minibatches`.
     epochs: int = setting(2, ge=1)
     minibatches: int = setting(2, ge=1)
+    # Gradient accumulation: each minibatch's gradient computed over this many equal microbatches in turn
+    # (less memory, the same update; a minibatch's rows are rounded down to a multiple of it).
+    microbatches: int = setting(1, ge=1)
     # Ratio clip ε of the surrogate.
     clip_eps: float = setting(0.2, gt=0)
     # Coefficient of KL(π || π_initial), the penalty that keeps the policy near where it started.

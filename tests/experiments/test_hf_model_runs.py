@@ -111,6 +111,7 @@ RUNS = {
         "experiment.judge.train.batch_size=8", "experiment.judge.model.d_model=16",
         "experiment.judge.model.n_layers=1", "experiment.rl.iterations=1", "experiment.rl.rollout_batch=4",
         "experiment.bootstrap=20", "experiment.judge.retrain_questions=4", "experiment.judge.retrain_steps=2",
+        "experiment.rl.microbatches=2",
     ],
 }  # fmt: skip
 RUNS["rlhf_lora"] = [*RUNS["rlhf"], "model.lora_rank=4"]  # SFT, reward model and PPO on adapters, base frozen
