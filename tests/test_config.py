@@ -1,5 +1,6 @@
 """Every shipped config composes and validates; mistakes fail with the offending key's name."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,9 @@ GROUPS = ["model", "task", "train", "mesh", "tracker", "experiment"]
 REQUIRED = {("model", "hf"): ["model.checkpoint=/some/hf/folder"]}
 
 
-def _compose(overrides):
+def _compose(overrides, conf_dir=CONF_DIR):
     register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 
@@ -39,6 +40,40 @@ def test_every_registered_task_has_a_config_that_samples_its_problems():
     for name, c in configs.items():
         problems = get_task(c.name, **c.options).sample(3, c.difficulty, seed=0)
         assert len(problems) == 3, name
+
+
+def test_every_experiment_model_file_names_a_shipped_experiment_and_model():
+    # A misspelt file name would never be picked (the group is optional), so each must split into an
+    # experiment and a model that exist, and be a global package like the experiment files it specialises.
+    conf = Path(CONF_DIR)
+    pairs = {
+        f"{e.stem}_{m.stem}": (e.stem, m.stem)
+        for e in (conf / "experiment").glob("*.yaml")
+        for m in (conf / "model").glob("*.yaml")
+    }
+    files = sorted((conf / "experiment_model").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert path.stem in pairs, path
+        assert path.read_text().startswith("# @package _global_"), path
+        experiment, model = pairs[path.stem]
+        typed, _, _ = validate(_compose([f"experiment={experiment}", f"model={model}"]))
+        assert typed.experiment["name"] == experiment
+
+
+def test_an_experiment_on_a_model_takes_that_pairs_settings_and_the_command_line_wins():
+    tiny = _compose(["experiment=rlhf"])
+    smol = _compose(["experiment=rlhf", "model=smollm2_135m"])
+    assert tiny.experiment.reward_model.train.learning_rate == 3e-4  # conf/experiment/rlhf.yaml
+    assert (
+        smol.experiment.reward_model.train.learning_rate < 1e-4
+    )  # conf/experiment_model/rlhf_smollm2_135m.yaml
+    assert smol.train.learning_rate == 3e-5  # the model preset's own setting stays
+    given = _compose(
+        ["experiment=rlhf", "model=smollm2_135m", "experiment.reward_model.train.learning_rate=0.01"]
+    )
+    assert given.experiment.reward_model.train.learning_rate == 0.01
+    validate(smol)
 
 
 def test_experiment_files_are_global_packages():
@@ -128,7 +163,7 @@ EXPERIMENT_FILES = sorted((Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=[p.stem for p in EXPERIMENT_FILES])
-def test_every_experiment_file_sets_only_what_differs_from_the_defaults(path):
+def test_every_experiment_file_sets_only_what_differs_from_the_defaults(path, tmp_path):
     """One default per setting, in the dataclass (or the default group file): an experiment file that restates a
     default would keep a stale copy of it when the default changes."""
     from omegaconf import OmegaConf
@@ -144,7 +179,10 @@ def test_every_experiment_file_sets_only_what_differs_from_the_defaults(path):
         if isinstance(entry, dict)
         for group, choice in entry.items()
     ]
-    base = OmegaConf.to_container(_compose(["~experiment", *picked]))
+    # The config without any experiment file: the shipped one with an empty experiment file added.
+    shutil.copytree(CONF_DIR, tmp_path / "conf")
+    (tmp_path / "conf" / "experiment" / "none.yaml").write_text("# @package _global_\n")
+    base = OmegaConf.to_container(_compose(["experiment=none", *picked], tmp_path / "conf"))
     experiment = raw.pop("experiment")
     options = OmegaConf.to_container(options_schema(get_experiment(experiment.pop("name")).options))
     restated = [
