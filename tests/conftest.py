@@ -33,3 +33,37 @@ def bench_script():
         return sys.modules[module_name]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def llama_weights():
+    """`llama_weights(rng, vocab=, width=, layers=, heads=, kv_heads=, mlp=)`: random weights of a Llama
+    checkpoint as transformers names and lays them out ((out, in) matrices; `prefix` before each decoder name,
+    "model." in a checkpoint file). Options: `tied` (no lm_head), `bias` (q/k/v biases, as Qwen2 has), `std`."""
+    import numpy as np
+
+    def make(
+        rng, *, vocab, width, layers, heads, kv_heads, mlp, tied=False, bias=False, prefix="model.", std=0.2
+    ):
+        def r(*shape):
+            return rng.normal(0, std, shape).astype(np.float32)
+
+        e = width // heads
+        t = {f"{prefix}embed_tokens.weight": r(vocab, width), f"{prefix}norm.weight": 1 + r(width)}
+        if not tied:
+            t["lm_head.weight"] = r(vocab, width)
+        for i in range(layers):
+            p = f"{prefix}layers.{i}."
+            t |= {
+                p + "input_layernorm.weight": 1 + r(width), p + "post_attention_layernorm.weight": 1 + r(width),
+                p + "self_attn.q_proj.weight": r(heads * e, width), p + "self_attn.k_proj.weight": r(kv_heads * e, width),
+                p + "self_attn.v_proj.weight": r(kv_heads * e, width), p + "self_attn.o_proj.weight": r(width, heads * e),
+                p + "mlp.gate_proj.weight": r(mlp, width), p + "mlp.up_proj.weight": r(mlp, width),
+                p + "mlp.down_proj.weight": r(width, mlp),
+            }  # fmt: skip
+            if bias:
+                t |= {p + "self_attn.q_proj.bias": r(heads * e), p + "self_attn.k_proj.bias": r(kv_heads * e),
+                      p + "self_attn.v_proj.bias": r(kv_heads * e)}  # fmt: skip
+        return t
+
+    return make

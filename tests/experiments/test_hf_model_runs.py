@@ -47,7 +47,7 @@ def _train_bpe(folder: Path) -> int:
     return len(tok)
 
 
-def _random_llama(folder: Path, vocab: int) -> None:
+def _random_llama(folder: Path, vocab: int, llama_weights) -> None:
     from safetensors.numpy import save_file
 
     config = {"architectures": ["LlamaForCausalLM"], "hidden_size": D, "num_hidden_layers": L,
@@ -56,28 +56,16 @@ def _random_llama(folder: Path, vocab: int) -> None:
               "bos_token_id": 1, "eos_token_id": 2}  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
     rng = np.random.default_rng(0)
-    e = D // H
-
-    def r(*shape):
-        return rng.normal(0, 0.05, shape).astype(np.float32)
-
-    tensors = {"model.embed_tokens.weight": r(vocab, D), "model.norm.weight": np.ones(D, np.float32)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        tensors |= {
-            p + "input_layernorm.weight": np.ones(D, np.float32),
-            p + "post_attention_layernorm.weight": np.ones(D, np.float32),
-            p + "self_attn.q_proj.weight": r(H * e, D), p + "self_attn.k_proj.weight": r(K * e, D),
-            p + "self_attn.v_proj.weight": r(K * e, D), p + "self_attn.o_proj.weight": r(D, H * e),
-            p + "mlp.gate_proj.weight": r(F, D), p + "mlp.up_proj.weight": r(F, D), p + "mlp.down_proj.weight": r(D, F),
-        }  # fmt: skip
+    tensors = llama_weights(
+        rng, vocab=vocab, width=D, layers=L, heads=H, kv_heads=K, mlp=F, tied=True, std=0.05
+    )
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="module")
-def hf_model(tmp_path_factory) -> Path:
+def hf_model(tmp_path_factory, llama_weights) -> Path:
     folder = tmp_path_factory.mktemp("hf_model")
-    _random_llama(folder, _train_bpe(folder))
+    _random_llama(folder, _train_bpe(folder), llama_weights)
     return folder
 
 

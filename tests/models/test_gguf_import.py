@@ -48,23 +48,12 @@ def bpe_vocab() -> tuple[list[str], list[str], list[int]]:
     return tokens, merges, types
 
 
-def hf_weights(rng: np.random.Generator, tied: bool) -> dict[str, np.ndarray]:
-    def r(*shape):
-        return rng.normal(0, 0.2, shape).astype(np.float32)
-
-    t = {"embed_tokens.weight": r(V, D), "norm.weight": 1 + r(D)}
-    if not tied:
-        t["lm_head.weight"] = r(V, D)
-    for i in range(L):
-        p = f"layers.{i}."
-        t |= {
-            p + "input_layernorm.weight": 1 + r(D), p + "post_attention_layernorm.weight": 1 + r(D),
-            p + "self_attn.q_proj.weight": r(H * E, D), p + "self_attn.k_proj.weight": r(K * E, D),
-            p + "self_attn.v_proj.weight": r(K * E, D), p + "self_attn.o_proj.weight": r(D, H * E),
-            p + "mlp.gate_proj.weight": r(F, D), p + "mlp.up_proj.weight": r(F, D),
-            p + "mlp.down_proj.weight": r(D, F),
-        }  # fmt: skip
-    return t
+@pytest.fixture
+def hf_weights(llama_weights):
+    """`hf_weights(rng, tied)`: this module's Llama with transformers' names inside the decoder (no "model.")."""
+    return lambda rng, tied: llama_weights(
+        rng, vocab=V, width=D, layers=L, heads=H, kv_heads=K, mlp=F, tied=tied, prefix=""
+    )
 
 
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -151,7 +140,7 @@ IDS = [5, 17, 33, 60, 2, 41, 90, 7, 12]
 
 
 @pytest.mark.parametrize(("qtype", "tied"), [(Q.Q8_0, False), (Q.Q4_1, True), (Q.F16, False)])
-def test_logits_match_transformers_gguf_loading(tmp_path, qtype, tied):
+def test_logits_match_transformers_gguf_loading(tmp_path, qtype, tied, hf_weights):
     torch = pytest.importorskip("torch")
     pytest.importorskip("accelerate")  # transformers needs it to load GGUF
     from transformers import AutoModelForCausalLM
@@ -167,7 +156,7 @@ def test_logits_match_transformers_gguf_loading(tmp_path, qtype, tied):
     assert (cfg.n_heads, cfg.kv_heads, cfg.rope_theta, cfg.tie_embeddings) == (H, K, 50000.0, tied)
 
 
-def test_q_and_k_rows_return_to_hugging_face_order(tmp_path):
+def test_q_and_k_rows_return_to_hugging_face_order(tmp_path, hf_weights):
     """With F32 storage the import gives back exactly the Hugging Face weights, q/k un-permuted."""
     weights = hf_weights(np.random.default_rng(1), tied=False)
     model = load_hf_checkpoint(write_gguf(tmp_path / "m.gguf", weights, Q.F32))
@@ -177,7 +166,7 @@ def test_q_and_k_rows_return_to_hugging_face_order(tmp_path):
     np.testing.assert_array_equal(wk, weights["layers.1.self_attn.k_proj.weight"].T.reshape(D, K, E))
 
 
-def test_saved_folder_loads_the_same_model_and_tokenizer(tmp_path):
+def test_saved_folder_loads_the_same_model_and_tokenizer(tmp_path, hf_weights):
     path = write_gguf(tmp_path / "m.gguf", hf_weights(np.random.default_rng(2), tied=True), Q.Q4_1)
     folder = save_hf_folder(path, tmp_path / "converted")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
@@ -193,7 +182,7 @@ def test_saved_folder_loads_the_same_model_and_tokenizer(tmp_path):
         save_hf_folder(path, folder)
 
 
-def test_tokenizer_from_gguf_metadata_matches_the_trained_bpe(tmp_path):
+def test_tokenizer_from_gguf_metadata_matches_the_trained_bpe(tmp_path, hf_weights):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     tokens, merges, _ = bpe_vocab()
@@ -205,7 +194,7 @@ def test_tokenizer_from_gguf_metadata_matches_the_trained_bpe(tmp_path):
         assert len(tok.encode(text)) < len(text)  # merges applied: not one token per character
 
 
-def test_errors_name_the_file(tmp_path):
+def test_errors_name_the_file(tmp_path, hf_weights):
     weights = hf_weights(np.random.default_rng(4), tied=True)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_hf_checkpoint(tmp_path / "absent.gguf")
@@ -224,7 +213,7 @@ def test_errors_name_the_file(tmp_path):
         load_hf_checkpoint(write_gguf(tmp_path / "m.gguf", weights))
 
 
-def test_unsupported_quantisation_is_named(tmp_path, monkeypatch):
+def test_unsupported_quantisation_is_named(tmp_path, monkeypatch, hf_weights):
     path = write_gguf(tmp_path / "m.gguf", hf_weights(np.random.default_rng(5), tied=True), Q.Q8_0)
 
     def no_q8(data, qtype):
@@ -240,7 +229,7 @@ def test_unsupported_quantisation_is_named(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def fake_pretrained(tmp_path, monkeypatch):
+def fake_pretrained(tmp_path, monkeypatch, hf_weights):
     """A known name whose GGUF file lies in an installed (importable) package `fake_llm_pkg`."""
     pkg = tmp_path / "site" / "fake_llm_pkg"
     pkg.mkdir(parents=True)

@@ -7,6 +7,7 @@ transformers writes them. Logits parity against the PyTorch reference is in test
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -70,26 +71,10 @@ def gpt2_tensors(rng: np.random.Generator, prefix: str = "transformer.") -> dict
     return {prefix + k: v for k, v in t.items()}
 
 
-def llama_tensors(rng: np.random.Generator, *, bias: bool = False, tied: bool = False) -> dict:
-    def r(*shape):
-        return rng.normal(0, 0.2, shape).astype(np.float32)
-
-    t = {"model.embed_tokens.weight": r(V, D), "model.norm.weight": 1 + r(D)}
-    if not tied:
-        t["lm_head.weight"] = r(V, D)
-    for i in range(L):
-        p = f"model.layers.{i}."
-        t |= {
-            p + "input_layernorm.weight": 1 + r(D), p + "post_attention_layernorm.weight": 1 + r(D),
-            p + "self_attn.q_proj.weight": r(H * E, D), p + "self_attn.k_proj.weight": r(K * E, D),
-            p + "self_attn.v_proj.weight": r(K * E, D), p + "self_attn.o_proj.weight": r(D, H * E),
-            p + "mlp.gate_proj.weight": r(F, D), p + "mlp.up_proj.weight": r(F, D),
-            p + "mlp.down_proj.weight": r(D, F),
-        }  # fmt: skip
-        if bias:
-            t |= {p + "self_attn.q_proj.bias": r(H * E), p + "self_attn.k_proj.bias": r(K * E),
-                  p + "self_attn.v_proj.bias": r(K * E)}  # fmt: skip
-    return t
+@pytest.fixture
+def llama_tensors(llama_weights):
+    """`llama_tensors(rng, bias=False, tied=False)`: this module's small Llama, named as in a checkpoint file."""
+    return partial(llama_weights, vocab=V, width=D, layers=L, heads=H, kv_heads=K, mlp=F)
 
 
 def write(folder: Path, config: dict | None, tensors: dict[str, np.ndarray] | None, shards: int = 1) -> Path:
@@ -143,7 +128,7 @@ def test_gpt2_layout(tmp_path, rng):
     np.testing.assert_array_equal(p[("final_norm", "bias")], t["transformer.ln_f.bias"])
 
 
-def test_llama_layout_and_prefixes(tmp_path, rng):
+def test_llama_layout_and_prefixes(tmp_path, rng, llama_tensors):
     t = llama_tensors(rng)
     model = load_hf_checkpoint(write(tmp_path / "ckpt", llama_config(rope_theta=5e4), t))
     p = params(model)
@@ -180,7 +165,7 @@ def test_gpt2_base_model_and_buffers(tmp_path, rng):
     np.testing.assert_array_equal(params(model)[("embed",)], t["wte.weight"])
 
 
-def test_sharded_equals_single_file(tmp_path, rng):
+def test_sharded_equals_single_file(tmp_path, rng, llama_tensors):
     t = llama_tensors(rng)
     one = load_hf_checkpoint(write(tmp_path / "one", llama_config(), t))
     three = load_hf_checkpoint(write(tmp_path / "three", llama_config(), t, shards=3))
@@ -192,7 +177,7 @@ def test_sharded_equals_single_file(tmp_path, rng):
 
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
-def test_half_precision_checkpoint(tmp_path, rng, dtype):
+def test_half_precision_checkpoint(tmp_path, rng, dtype, llama_tensors):
     t = llama_tensors(rng)
     half = {k: v.astype(dtype) for k, v in t.items()}
     model = load_hf_checkpoint(write(tmp_path / "ckpt", llama_config(), half))
@@ -208,7 +193,7 @@ def test_dtype_sets_compute_dtype(tmp_path, rng):
     assert all(v.dtype == np.float32 for v in params(model).values())  # parameters stay float32
 
 
-def test_tied_checkpoint_with_identical_lm_head_is_accepted(tmp_path, rng):
+def test_tied_checkpoint_with_identical_lm_head_is_accepted(tmp_path, rng, llama_tensors):
     t = llama_tensors(rng, tied=True)
     t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()
     model = load_hf_checkpoint(write(tmp_path / "ckpt", llama_config(tie_word_embeddings=True), t))
@@ -260,7 +245,7 @@ def test_place_called_once_per_parameter_and_used(tmp_path, rng):
     assert ("heads", "reward", "w") in received and ("heads", "reward", "b") in received
 
 
-def test_place_into_a_sharding(tmp_path, rng):
+def test_place_into_a_sharding(tmp_path, rng, llama_tensors):
     """`place` can put each tensor straight onto a mesh; the model keeps those arrays and computes alike."""
     folder = write(tmp_path / "ckpt", llama_config(), llama_tensors(rng))
     mesh = Mesh(np.array(jax.devices()), ("x",), axis_types=(AxisType.Auto,))
@@ -419,7 +404,7 @@ def test_error_unsupported_feature_names_folder(tmp_path, rng):
     assert str(folder) in str(e.value)
 
 
-def test_error_missing_and_unexpected_tensors(tmp_path, rng):
+def test_error_missing_and_unexpected_tensors(tmp_path, rng, llama_tensors):
     t = llama_tensors(rng)
     del t["model.layers.1.mlp.up_proj.weight"], t["lm_head.weight"]
     folder = write(tmp_path / "missing", llama_config(), t)
@@ -445,7 +430,7 @@ def test_error_missing_and_unexpected_tensors(tmp_path, rng):
         load_hf_checkpoint(write(tmp_path / "qwen", qcfg, llama_tensors(rng)))
 
 
-def test_error_shape_mismatch(tmp_path, rng):
+def test_error_shape_mismatch(tmp_path, rng, llama_tensors):
     t = llama_tensors(rng)
     t["model.layers.1.self_attn.k_proj.weight"] = np.zeros((H * E, D), np.float32)  # MHA weights, GQA config
     folder = write(tmp_path / "ckpt", llama_config(), t)
@@ -456,7 +441,7 @@ def test_error_shape_mismatch(tmp_path, rng):
     assert str((K * E, D)) in msg and str((H * E, D)) in msg
 
 
-def test_error_missing_shard(tmp_path, rng):
+def test_error_missing_shard(tmp_path, rng, llama_tensors):
     folder = write(tmp_path / "ckpt", llama_config(), llama_tensors(rng), shards=2)
     (folder / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors") as e:
@@ -464,7 +449,7 @@ def test_error_missing_shard(tmp_path, rng):
     assert str(folder) in str(e.value) and "do not exist" in str(e.value)
 
 
-def test_error_index_names_tensor_absent_from_shard(tmp_path, rng):
+def test_error_index_names_tensor_absent_from_shard(tmp_path, rng, llama_tensors):
     folder = write(tmp_path / "ckpt", llama_config(), llama_tensors(rng), shards=2)
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     index["weight_map"]["model.layers.0.mlp.up_proj.weight"] = "model-00002-of-00002.safetensors"
@@ -509,7 +494,7 @@ def test_error_tokenizer_vocab_mismatch(tmp_path, rng):
     load_hf_checkpoint(folder, tokenizer=_Tok(V - 5))
 
 
-def test_error_tied_config_but_different_lm_head(tmp_path, rng):
+def test_error_tied_config_but_different_lm_head(tmp_path, rng, llama_tensors):
     t = llama_tensors(rng)  # has its own lm_head.weight
     folder = write(tmp_path / "ckpt", llama_config(tie_word_embeddings=True), t)
     with pytest.raises(CheckpointError, match="tie_word_embeddings"):
