@@ -254,7 +254,10 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     missing = tmp_path / "no_such_model"
     line = _one_line_error(_call(_command("model=hf", f"model.checkpoint={missing}", "tracker=disabled",
                                           f"hydra.run.dir={tmp_path / 'a'}")))  # fmt: skip
-    assert line == f"error: checkpoint folder {missing} does not exist"
+    assert line.startswith(
+        f"error: checkpoint folder {missing} does not exist (nor is it a named pretrained model: "
+    )
+    assert "smollm2-135m-instruct (SmolLM2-135M-Instruct" in line  # what a name would have been
     # A damaged checkpoint: resuming names it and what to do.
     run_dir = tmp_path / "run"
     _run("train.steps=4", "train.checkpoint_every=2", "tracker=disabled", f"hydra.run.dir={run_dir}")

@@ -78,7 +78,11 @@ class HFTokenizer:
                 str(path.parent), gguf_file=path.name, local_files_only=True, trust_remote_code=False
             )
         elif not path.is_dir():
-            raise TokenizerError(f"tokenizer folder {path} does not exist")
+            from oversight.models.pretrained import named_models
+
+            raise TokenizerError(
+                f"tokenizer folder {path} does not exist (nor is it a named pretrained model: {named_models()})"
+            )
         else:
             self._tok = AutoTokenizer.from_pretrained(
                 str(path), local_files_only=True, trust_remote_code=False

@@ -467,7 +467,11 @@ def _read_config_json(folder: Path) -> dict:
     if is_gguf(folder):
         return gguf_config_json(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+        from oversight.models.pretrained import named_models
+
+        raise CheckpointError(
+            f"checkpoint folder {folder} does not exist (nor is it a named pretrained model: {named_models()})"
+        )
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{folder}: no config.json (expected a Hugging Face checkpoint folder)")

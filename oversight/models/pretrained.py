@@ -51,6 +51,11 @@ PRETRAINED: dict[str, Pretrained] = {
 }
 
 
+def named_models() -> str:
+    """The known names with what each is, for the error that a checkpoint or tokenizer does not exist."""
+    return "; ".join(f"{name} ({p.description})" for name, p in PRETRAINED.items())
+
+
 class PretrainedError(UserError, RuntimeError):
     """A named model that cannot be found or fetched here."""
 
