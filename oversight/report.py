@@ -16,12 +16,13 @@ Pipeline of pure functions: `load_runs` -> `group_runs` -> `aggregate` -> `rende
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.jsonl"
 RUN_INFO_FILE = "run_info.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 SWEEP_FILE = "multirun.yaml"  # Hydra writes it at the top of a sweep folder
 # Columns every results row has; any other column says what was measured (method, N, level, arm, ...).
 ROW_COLUMNS = ("metric", "value", "ci_low", "ci_high", "n")
@@ -54,6 +56,8 @@ class Run:
     info: dict[str, Any]
     # rows of results.jsonl
     results: tuple[dict[str, Any], ...]
+    # the config group options it composed (Hydra's runtime choices: model=smollm2_135m, task=...)
+    choices: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,10 @@ class Group:
     # the config values that set this group apart from the experiment's other groups
     settings: dict[str, Any]
     runs: tuple[Run, ...]
+    # what its title names: of the settings and config group options that set it apart, those the runs'
+    # command lines gave (a model preset sets dozens of values; its name says which); all the settings when
+    # that would not tell the groups apart
+    label: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,11 @@ def load_run(folder: Path) -> Run:
         # list (`seed=0,1,2` of a -m command) replaced by the value this run's config.yaml holds
         overrides = tuple(_own_value(a, config) for a in info.get("command", [])[1:] if not a.startswith("-"))
     seed = config.get("seed", info.get("seed"))
+    hydra_path = folder / HYDRA_FILE
+    choices = {}
+    if hydra_path.is_file():
+        runtime = OmegaConf.to_container(OmegaConf.load(hydra_path)).get("hydra", {}).get("runtime", {})
+        choices = {k: v for k, v in (runtime.get("choices") or {}).items() if not k.startswith("hydra/")}
     return Run(
         folder=folder,
         experiment=str(config.get("experiment.name", "?")),
@@ -149,6 +162,7 @@ def load_run(folder: Path) -> Run:
         overrides=overrides,
         info=info,
         results=_read_results(folder / RESULTS_FILE),
+        choices=choices,
     )
 
 
@@ -187,10 +201,29 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         by_settings: dict[tuple, list[Run]] = {}
         for run in mine:
             by_settings.setdefault(tuple(_hashable(run.config.get(k)) for k in varying), []).append(run)
+        mine_groups = []
         for key in sorted(by_settings, key=lambda t: [_order(v) for v in t]):
             members = sorted(by_settings[key], key=lambda r: (r.seed is None, r.seed or 0, str(r.folder)))
-            groups.append(Group(experiment, dict(zip(varying, key, strict=True)), tuple(members)))
+            mine_groups.append(Group(experiment, dict(zip(varying, key, strict=True)), tuple(members)))
+        groups += _labelled(mine_groups)
     return groups
+
+
+def _labelled(groups: list[Group]) -> list[Group]:
+    """The groups of one experiment with their titles' settings: the varying settings and config group
+    options that some run's command line gave, if those tell every group apart; else every varying setting."""
+    runs = [r for g in groups for r in g.runs]
+    given = {o.partition("=")[0].lstrip("+~") for r in runs for o in r.overrides}
+    options = sorted(k for k in given if len({r.choices.get(k) for r in runs}) > 1)
+
+    def label(g: Group) -> dict[str, Any]:
+        shown = {k: v for k, v in g.settings.items() if k in given}
+        return shown | {k: g.runs[0].choices.get(k) for k in options}
+
+    labels = [label(g) for g in groups]
+    if len({tuple(sorted((k, str(v)) for k, v in lb.items())) for lb in labels}) < len(groups) or not all(labels):
+        labels = [g.settings for g in groups]
+    return [dataclasses.replace(g, label=lb) for g, lb in zip(groups, labels, strict=True)]
 
 
 # --- aggregate -----------------------------------------------------------------------------------------
@@ -407,10 +440,10 @@ def render_group(group: Group, rows: Sequence[Row]) -> str:
     runs = group.runs
     shared, rows = common_labels(rows)
     title = group.experiment
-    if group.settings:
+    if group.label:
         # a key absent from a run's config: the run predates that setting (its code had the default's behaviour)
         title += " — " + ", ".join(
-            f"{k}={v}" if v is not None else f"{k} unset" for k, v in group.settings.items()
+            f"{k}={v}" if v is not None else f"{k} unset" for k, v in sorted(group.label.items())
         )
     seeds = [r.seed for r in runs]
     lines = [

@@ -307,3 +307,32 @@ def test_runs_on_another_float_path_get_a_check_paired_by_seed(tmp_path):
         "3",
     ]
     assert table["`toy/win`"][2] == "0.033 [-0.156, 0.223]"
+
+
+def test_a_group_made_by_a_config_group_option_is_titled_by_it_not_by_every_value_it_set(tmp_path):
+    """`model=big` sets many values; the title names the option (from Hydra's recorded choices), as the
+    command line gave it, and the other group's choice, instead of listing every value that differs."""
+    for name, width, layers in (("tiny", 64, 2), ("big", 576, 30)):
+        for seed in (0, 1):
+            folder = tmp_path / name / str(seed)
+            overrides = ["experiment=toy", f"seed={seed}"] + ([f"model={name}"] if name == "big" else [])
+            _write_run(folder, seed=seed, d_model=width, rows=[{"metric": "toy/win", "value": 0.5, "n": 10}],
+                       overrides=overrides)  # fmt: skip
+            config = yaml.safe_load((folder / "config.yaml").read_text())
+            config["model"] |= {"n_layers": layers, "checkpoint": None if name == "tiny" else "big-ckpt"}
+            config["train"] = {"learning_rate": 3e-3 if name == "tiny" else 3e-5}
+            (folder / "config.yaml").write_text(yaml.safe_dump(config))
+            hydra = {
+                "hydra": {
+                    "runtime": {"choices": {"experiment": "toy", "model": name, "hydra/env": "default"}}
+                }
+            }
+            (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    md = report([tmp_path])
+    titles = [line for line in md.splitlines() if line.startswith("### ")]
+    assert sorted(titles) == ["### toy — model=big", "### toy — model=tiny"]
+    # without Hydra's record of the choices, every differing value names the group, as before
+    for folder in tmp_path.glob("*/*/.hydra/hydra.yaml"):
+        folder.unlink()
+    titles = [line for line in report([tmp_path]).splitlines() if line.startswith("### ")]
+    assert "### toy — model.checkpoint=big-ckpt, model.d_model=576, model.n_layers=30, train.learning_rate=3e-05" in titles
