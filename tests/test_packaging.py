@@ -49,6 +49,7 @@ def test_a_built_wheel_runs_an_experiment_from_another_folder(tmp_path):
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
     assert not (site / "experiments").exists(), "the wheel must not install a top-level `experiments` package"
     assert (site / "oversight" / "conf" / "experiment" / "sft.yaml").is_file()
+    assert (site / "oversight" / "conf" / "experiment_model" / "rlhf_smollm2_135m.yaml").is_file()
 
     # A research repo of the user's own, with a folder named `experiments` that must not shadow ours.
     elsewhere = tmp_path / "my_project"
