@@ -106,12 +106,25 @@ def test_trainable_is_every_parameter_without_adapters():
     assert trainable(Transformer(BASE[0], rngs=nnx.Rngs(0))) is nnx.Param
 
 
-def test_an_imported_checkpoint_keeps_its_weights_under_fresh_adapters(tmp_path):
-    from test_gguf_import import forward, hf_weights, write_gguf  # (tests/models is on the path)
+def test_an_imported_checkpoint_keeps_its_weights_under_fresh_adapters(tmp_path, llama_weights):
+    from test_gguf_import import D, F, H, K, L, V, forward, write_gguf  # (tests/models is on the path)
 
     from oversight.models.hf_import import load_hf_checkpoint
 
-    path = write_gguf(tmp_path / "m.gguf", hf_weights(np.random.default_rng(0), tied=True))
+    path = write_gguf(
+        tmp_path / "m.gguf",
+        llama_weights(
+            np.random.default_rng(0),
+            vocab=V,
+            width=D,
+            layers=L,
+            heads=H,
+            kv_heads=K,
+            mlp=F,
+            tied=True,
+            prefix="",
+        ),
+    )
     plain, adapted = load_hf_checkpoint(path), load_hf_checkpoint(path, lora_rank=4, seed=3)
     ids = [5, 9, 13, 40, 2]
     np.testing.assert_array_equal(forward(adapted, ids), forward(plain, ids))
