@@ -111,19 +111,9 @@ def test_an_imported_checkpoint_keeps_its_weights_under_fresh_adapters(tmp_path,
 
     from oversight.models.hf_import import load_hf_checkpoint
 
+    sizes = dict(vocab=V, width=D, layers=L, heads=H, kv_heads=K, mlp=F)  # the GGUF test's model
     path = write_gguf(
-        tmp_path / "m.gguf",
-        llama_weights(
-            np.random.default_rng(0),
-            vocab=V,
-            width=D,
-            layers=L,
-            heads=H,
-            kv_heads=K,
-            mlp=F,
-            tied=True,
-            prefix="",
-        ),
+        tmp_path / "m.gguf", llama_weights(np.random.default_rng(0), **sizes, tied=True, prefix="")
     )
     plain, adapted = load_hf_checkpoint(path), load_hf_checkpoint(path, lora_rank=4, seed=3)
     ids = [5, 9, 13, 40, 2]
